@@ -1,0 +1,194 @@
+// Package ingress is the relay's HTTP face: the Fiber app, its routes, the
+// API-key middleware and limit checks, the OpenAI, Anthropic and Gemini
+// adapters, SSE writing, error bodies, the admin API and the embedded web UI.
+package ingress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/relaydev/relay/internal/config"
+	"github.com/relaydev/relay/internal/metrics"
+)
+
+// HealthCheck is one part of the relay that /health reports on. Check returns
+// the part's state as a short string and whether it is healthy.
+type HealthCheck struct {
+	Name  string
+	Check func(ctx context.Context) (state string, ok bool)
+}
+
+// Deps is what the ingress is built from. Parts left nil are not served: their
+// routes answer 503 saying what is not configured.
+type Deps struct {
+	Config  config.Config
+	Log     zerolog.Logger
+	Redis   redis.UniversalClient
+	Metrics *metrics.Metrics
+	Health  []HealthCheck
+}
+
+// Server is the HTTP server. Start it once; Stop it once or more.
+type Server struct {
+	cfg     config.Config
+	log     zerolog.Logger
+	rdb     redis.UniversalClient
+	metrics *metrics.Metrics
+	health  []HealthCheck
+	started time.Time
+
+	app *fiber.App
+
+	// base is the parent of every request's upstream context. Stop cancels it
+	// once open streams have had their time to finish.
+	base       context.Context
+	cancelBase context.CancelFunc
+
+	mu       sync.Mutex
+	ln       net.Listener
+	serveErr chan error
+	stopOnce sync.Once
+}
+
+// New builds the server and its routes.
+func New(d Deps) *Server {
+	base, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg: d.Config, log: d.Log, rdb: d.Redis, metrics: d.Metrics, health: d.Health,
+		started: time.Now(), base: base, cancelBase: cancel,
+	}
+	s.app = fiber.New(fiber.Config{
+		AppName:               "relay",
+		DisableStartupMessage: true,
+		BodyLimit:             d.Config.MaxBodyBytes,
+		ErrorHandler:          s.handleError,
+		ReadTimeout:           2 * time.Minute, // a request must arrive in this time; responses (streams) are not bounded
+		IdleTimeout:           90 * time.Second,
+		ReadBufferSize:        16 << 10, // Claude Code sends many headers
+		// Handlers copy what they keep beyond the request (stream writers run
+		// after the handler returned, on a reused context).
+		Immutable: false,
+	})
+	s.routes()
+	return s
+}
+
+// App exposes the Fiber app, for tests that drive it in-process.
+func (s *Server) App() *fiber.App { return s.app }
+
+func (s *Server) routes() {
+	s.app.Use(s.observe)
+	s.app.Get("/health", s.handleHealth)
+	s.app.Get("/metrics", s.handleMetrics())
+}
+
+// Start listens on HOST:PORT and serves in the background. It returns once
+// the port is bound, or the error that prevented it.
+func (s *Server) Start(ctx context.Context) error {
+	addr := net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return s.Serve(ln)
+}
+
+// Serve serves on ln in the background (tests pass a listener on port 0).
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		return errors.New("ingress: already started")
+	}
+	s.ln = ln
+	s.serveErr = make(chan error, 1)
+	go func() { s.serveErr <- s.app.Listener(ln) }()
+	s.log.Info().Str("addr", ln.Addr().String()).Msg("listening")
+	return nil
+}
+
+// Addr is the address the server listens on, once started.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Stop stops accepting connections, lets open requests and streams finish for
+// up to SHUTDOWN_TIMEOUT, then cancels what is left. It is idempotent.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() {
+		s.mu.Lock()
+		started := s.ln != nil
+		s.mu.Unlock()
+		if !started {
+			s.cancelBase()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := s.app.ShutdownWithContext(ctx); err != nil {
+			s.log.Warn().Err(err).Msg("open requests did not finish in time; cancelling them")
+		}
+		s.cancelBase()
+		// Streams that were cancelled end within moments; give them that.
+		force, cancelForce := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancelForce()
+		_ = s.app.ShutdownWithContext(force)
+		select {
+		case <-s.serveErr:
+		case <-force.Done():
+		}
+		s.log.Info().Msg("http server stopped")
+	})
+}
+
+func (s *Server) handleHealth(c *fiber.Ctx) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	services := fiber.Map{}
+	healthy := true
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		services["redis"] = "disconnected: " + err.Error()
+		healthy = false
+	} else {
+		services["redis"] = "connected"
+	}
+	for _, h := range s.health {
+		state, ok := h.Check(ctx)
+		services[h.Name] = state
+		healthy = healthy && ok
+	}
+	status, code := "ok", fiber.StatusOK
+	if !healthy {
+		status, code = "degraded", fiber.StatusServiceUnavailable
+	}
+	return c.Status(code).JSON(fiber.Map{
+		"status":    status,
+		"timestamp": time.Now().UTC().Format(time.RFC3339),
+		"uptime":    int64(time.Since(s.started).Seconds()),
+		"services":  services,
+	})
+}
+
+func (s *Server) handleMetrics() fiber.Handler {
+	h := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	return func(c *fiber.Ctx) error {
+		h(c.Context())
+		return nil
+	}
+}

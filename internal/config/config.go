@@ -1,0 +1,282 @@
+// Package config reads the relay's configuration from the environment.
+//
+// Every value is validated when the process starts. A missing or malformed
+// value is reported as one error that names the variable, and the process
+// stops; nothing is read from the environment after Load returns.
+package config
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything the relay reads from its environment.
+type Config struct {
+	Host      string // HOST
+	Port      int    // PORT
+	LogLevel  string // LOG_LEVEL: trace, debug, info, warn, error
+	LogFormat string // LOG_FORMAT: json, console, or auto (console on a terminal)
+	PublicURL string // PUBLIC_URL: absolute base URL for links the relay hands out
+
+	Redis Redis
+
+	JWTSecret     string // JWT_SECRET
+	EncryptionKey string // ENCRYPTION_KEY
+	// GeneratedSecrets names the secrets that were generated for this process
+	// because none was configured (embedded Redis only).
+	GeneratedSecrets []string
+
+	AdminUsername string // ADMIN_USERNAME
+	AdminPassword string // ADMIN_PASSWORD
+
+	APIKeyPrefix string // API_KEY_PREFIX
+
+	ShutdownTimeout   time.Duration // SHUTDOWN_TIMEOUT: how long open streams may drain
+	StreamHeartbeat   time.Duration // STREAM_HEARTBEAT: comment line during upstream silence
+	MaxBodyBytes      int           // MAX_BODY_BYTES: largest request body accepted
+	KeyCacheTTL       time.Duration // KEY_CACHE_TTL: in-process cache of key lookups
+	WorkerConcurrency int           // WORKER_CONCURRENCY: handlers per stream pool
+
+	VS VerticalStudio
+
+	PricingFile string // PRICING_FILE: JSON that overrides the shipped prices
+}
+
+// Redis says where the relay keeps its state.
+type Redis struct {
+	URL       string // REDIS_URL (redis:// or rediss://); wins over the parts below
+	Host      string // REDIS_HOST
+	Port      int    // REDIS_PORT
+	Password  string // REDIS_PASSWORD
+	DB        int    // REDIS_DB
+	TLS       bool   // REDIS_ENABLE_TLS
+	KeyPrefix string // REDIS_KEY_PREFIX: every key the relay writes starts with it
+}
+
+// Embedded reports whether no Redis was configured, so the relay runs an
+// in-process one that keeps nothing across restarts.
+func (r Redis) Embedded() bool { return r.URL == "" && r.Host == "" }
+
+// VerticalStudio configures the upstream behind the OpenAI-compatible routes.
+type VerticalStudio struct {
+	Email           string        // VS_EMAIL
+	Password        string        // VS_PASSWORD
+	BaseURL         string        // VS_BASE_URL
+	RefreshInterval time.Duration // VS_REFRESH_INTERVAL: log in again this long after the last login
+	ModelMapping    string        // VS_MODEL_MAPPING: JSON object, or a path to a JSON file
+	ImageMapping    string        // VS_IMAGE_MODEL_MAPPING: JSON object, or a path to a JSON file
+	HistoryChars    int           // VS_HISTORY_CHARS: transcript cap sent upstream
+	ImageTimeout    time.Duration // IMAGE_TIMEOUT: how long an image request waits for its jobs
+}
+
+// Enabled reports whether Vertical Studio credentials were given.
+func (v VerticalStudio) Enabled() bool { return v.Email != "" && v.Password != "" }
+
+// Load reads the configuration through getenv (os.Getenv in production).
+func Load(getenv func(string) string) (Config, error) {
+	e := env{get: getenv}
+	c := Config{
+		Host:      e.str("HOST", "0.0.0.0"),
+		Port:      e.port("PORT", 7860),
+		LogLevel:  e.oneOf("LOG_LEVEL", "info", "trace", "debug", "info", "warn", "error"),
+		LogFormat: e.oneOf("LOG_FORMAT", "auto", "auto", "json", "console"),
+		PublicURL: e.absURL("PUBLIC_URL"),
+		Redis: Redis{
+			URL:       e.redisURL("REDIS_URL"),
+			Host:      e.str("REDIS_HOST", ""),
+			Port:      e.port("REDIS_PORT", 6379),
+			Password:  e.str("REDIS_PASSWORD", ""),
+			DB:        e.intRange("REDIS_DB", 0, 0, 15),
+			TLS:       e.boolean("REDIS_ENABLE_TLS", false),
+			KeyPrefix: e.str("REDIS_KEY_PREFIX", "relay:"),
+		},
+		JWTSecret:         e.str("JWT_SECRET", ""),
+		EncryptionKey:     e.str("ENCRYPTION_KEY", ""),
+		AdminUsername:     e.str("ADMIN_USERNAME", "admin"),
+		AdminPassword:     e.str("ADMIN_PASSWORD", ""),
+		APIKeyPrefix:      e.keyPrefix("API_KEY_PREFIX", "cr_"),
+		ShutdownTimeout:   e.duration("SHUTDOWN_TIMEOUT", 30*time.Second),
+		StreamHeartbeat:   e.duration("STREAM_HEARTBEAT", 5*time.Second),
+		MaxBodyBytes:      e.intRange("MAX_BODY_BYTES", 32<<20, 1<<10, 1<<30),
+		KeyCacheTTL:       e.duration("KEY_CACHE_TTL", 500*time.Millisecond),
+		WorkerConcurrency: e.intRange("WORKER_CONCURRENCY", 16, 1, 1024),
+		VS: VerticalStudio{
+			Email:           e.str("VS_EMAIL", ""),
+			Password:        e.str("VS_PASSWORD", ""),
+			BaseURL:         e.absURLDefault("VS_BASE_URL", "https://app.verticalstudio.ai"),
+			RefreshInterval: e.duration("VS_REFRESH_INTERVAL", 2*time.Hour),
+			ModelMapping:    e.str("VS_MODEL_MAPPING", ""),
+			ImageMapping:    e.str("VS_IMAGE_MODEL_MAPPING", ""),
+			HistoryChars:    e.intRange("VS_HISTORY_CHARS", 100_000, 1_000, 10_000_000),
+			ImageTimeout:    e.duration("IMAGE_TIMEOUT", 120*time.Second),
+		},
+		PricingFile: e.str("PRICING_FILE", ""),
+	}
+	if e.err != nil {
+		return Config{}, e.err
+	}
+	if (c.VS.Email == "") != (c.VS.Password == "") {
+		return Config{}, fmt.Errorf("VS_EMAIL and VS_PASSWORD: set both or neither")
+	}
+	if c.KeyCacheTTL > time.Second {
+		return Config{}, fmt.Errorf("KEY_CACHE_TTL: at most 1s, so a revoked key stops working within a second")
+	}
+	if err := c.secrets(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// secrets checks JWT_SECRET and ENCRYPTION_KEY. With a real Redis they must be
+// set, since sessions and encrypted credentials outlive the process; with the
+// embedded one, nothing outlives it, so missing ones are generated.
+func (c *Config) secrets() error {
+	for _, s := range []struct {
+		name string
+		val  *string
+	}{{"JWT_SECRET", &c.JWTSecret}, {"ENCRYPTION_KEY", &c.EncryptionKey}} {
+		switch {
+		case *s.val == "" && c.Redis.Embedded():
+			*s.val = randomHex(32)
+			c.GeneratedSecrets = append(c.GeneratedSecrets, s.name)
+		case *s.val == "":
+			return fmt.Errorf("%s: required when Redis is configured (at least 32 characters)", s.name)
+		case len(*s.val) < 32:
+			return fmt.Errorf("%s: must be at least 32 characters", s.name)
+		}
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic("crypto/rand: " + err.Error()) // the platform has no entropy: nothing safe can run
+	}
+	return hex.EncodeToString(b)
+}
+
+// env reads variables and keeps the first error, naming its variable.
+type env struct {
+	get func(string) string
+	err error
+}
+
+func (e *env) fail(name, format string, args ...any) {
+	if e.err == nil {
+		e.err = fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...))
+	}
+}
+
+func (e *env) str(name, def string) string {
+	if v := strings.TrimSpace(e.get(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (e *env) intRange(name string, def, lo, hi int) int {
+	v := e.str(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		e.fail(name, "%q is not a whole number from %d to %d", v, lo, hi)
+		return def
+	}
+	return n
+}
+
+func (e *env) port(name string, def int) int { return e.intRange(name, def, 1, 65535) }
+
+func (e *env) boolean(name string, def bool) bool {
+	v := e.str(name, "")
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		e.fail(name, "%q is not true or false", v)
+		return def
+	}
+	return b
+}
+
+func (e *env) duration(name string, def time.Duration) time.Duration {
+	v := e.str(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		e.fail(name, "%q is not a positive duration such as 30s or 5m", v)
+		return def
+	}
+	return d
+}
+
+func (e *env) oneOf(name, def string, allowed ...string) string {
+	v := strings.ToLower(e.str(name, def))
+	for _, a := range allowed {
+		if v == a {
+			return v
+		}
+	}
+	e.fail(name, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	return def
+}
+
+func (e *env) absURLDefault(name, def string) string {
+	if v := e.absURL(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func (e *env) absURL(name string) string {
+	v := e.str(name, "")
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		e.fail(name, "%q is not an absolute http(s) URL", v)
+		return ""
+	}
+	return strings.TrimRight(v, "/")
+}
+
+func (e *env) redisURL(name string) string {
+	v := e.str(name, "")
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+		// Never echo the value: a Redis URL usually carries a password.
+		e.fail(name, "not a redis:// or rediss:// URL")
+		return ""
+	}
+	return v
+}
+
+func (e *env) keyPrefix(name, def string) string {
+	v := e.str(name, def)
+	for _, r := range v {
+		if !(r == '_' || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			e.fail(name, "%q may hold only letters, digits, '_' and '-'", v)
+			return def
+		}
+	}
+	if len(v) > 16 {
+		e.fail(name, "%q is longer than 16 characters", v)
+		return def
+	}
+	return v
+}
