@@ -37,6 +37,7 @@ type Deps struct {
 	Redis   redis.UniversalClient
 	Metrics *metrics.Metrics
 	Health  []HealthCheck
+	Usage   UsageRecorder
 }
 
 // Server is the HTTP server. Start it once; Stop it once or more.
@@ -46,6 +47,7 @@ type Server struct {
 	rdb     redis.UniversalClient
 	metrics *metrics.Metrics
 	health  []HealthCheck
+	usage   UsageRecorder
 	started time.Time
 
 	app *fiber.App
@@ -65,7 +67,7 @@ type Server struct {
 func New(d Deps) *Server {
 	base, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg: d.Config, log: d.Log, rdb: d.Redis, metrics: d.Metrics, health: d.Health,
+		cfg: d.Config, log: d.Log, rdb: d.Redis, metrics: d.Metrics, health: d.Health, usage: d.Usage,
 		started: time.Now(), base: base, cancelBase: cancel,
 	}
 	s.app = fiber.New(fiber.Config{
@@ -75,7 +77,7 @@ func New(d Deps) *Server {
 		ErrorHandler:          s.handleError,
 		ReadTimeout:           2 * time.Minute, // a request must arrive in this time; responses (streams) are not bounded
 		IdleTimeout:           90 * time.Second,
-		ReadBufferSize:        16 << 10, // Claude Code sends many headers
+		ReadBufferSize:        8 << 10, // Claude Code sends many headers
 		// Handlers copy what they keep beyond the request (stream writers run
 		// after the handler returned, on a reused context).
 		Immutable: false,
