@@ -45,6 +45,35 @@ type Config struct {
 	VS VerticalStudio
 
 	PricingFile string // PRICING_FILE: JSON that overrides the shipped prices
+
+	Claude   Claude
+	Accounts Accounts
+}
+
+// Claude configures the Anthropic upstream and the Claude OAuth flow. The
+// OAuth endpoints are overridable so tests and self-hosted gateways can
+// point them elsewhere.
+type Claude struct {
+	BaseURL           string        // ANTHROPIC_BASE_URL: default upstream for OAuth and Console accounts
+	OAuthClientID     string        // CLAUDE_OAUTH_CLIENT_ID
+	OAuthAuthorizeURL string        // CLAUDE_OAUTH_AUTHORIZE_URL
+	OAuthTokenURL     string        // CLAUDE_OAUTH_TOKEN_URL
+	OAuthRedirectURL  string        // CLAUDE_OAUTH_REDIRECT_URL
+	OAuthScopes       string        // CLAUDE_OAUTH_SCOPES: space-separated
+	RefreshLead       time.Duration // CLAUDE_TOKEN_REFRESH_LEAD: refresh an access token this long before it expires
+	RefreshInterval   time.Duration // CLAUDE_TOKEN_REFRESH_INTERVAL: how often the refresher looks for tokens near expiry
+	UpstreamTimeout   time.Duration // ANTHROPIC_TIMEOUT: longest an upstream request (incl. a whole stream) may take
+}
+
+// Accounts configures upstream-account scheduling (shared by every service).
+type Accounts struct {
+	StickyTTL        time.Duration // STICKY_SESSION_TTL: how long a conversation stays on its account after its last request
+	MaxPause         time.Duration // ACCOUNT_MAX_PAUSE: cap on any automatic pause or rate limit (a weekly reset must not take an account away for days)
+	OverloadPause    time.Duration // ACCOUNT_OVERLOAD_PAUSE: pause after an upstream 529
+	ErrorPause       time.Duration // ACCOUNT_ERROR_PAUSE: pause after an upstream 5xx or a connection failure
+	RateLimitDefault time.Duration // ACCOUNT_RATE_LIMIT_DEFAULT: rate limit after a 429 that names no reset time
+	SyncInterval     time.Duration // ACCOUNT_SYNC_INTERVAL: how stale a replica's view of the accounts may get
+	MaxAttempts      int           // ACCOUNT_MAX_ATTEMPTS: accounts tried for one request before giving up
 }
 
 // Redis says where the relay keeps its state.
@@ -116,6 +145,27 @@ func Load(getenv func(string) string) (Config, error) {
 			ImageTimeout:    e.duration("IMAGE_TIMEOUT", 120*time.Second),
 		},
 		PricingFile: e.str("PRICING_FILE", ""),
+		Claude: Claude{
+			BaseURL:           e.absURLDefault("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+			OAuthClientID:     e.str("CLAUDE_OAUTH_CLIENT_ID", "9d1c250a-e61b-44d9-88ed-5944d1962f5e"),
+			OAuthAuthorizeURL: e.absURLDefault("CLAUDE_OAUTH_AUTHORIZE_URL", "https://claude.ai/oauth/authorize"),
+			OAuthTokenURL:     e.absURLDefault("CLAUDE_OAUTH_TOKEN_URL", "https://platform.claude.com/v1/oauth/token"),
+			OAuthRedirectURL:  e.absURLDefault("CLAUDE_OAUTH_REDIRECT_URL", "https://platform.claude.com/oauth/code/callback"),
+			OAuthScopes: e.str("CLAUDE_OAUTH_SCOPES",
+				"org:create_api_key user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload"),
+			RefreshLead:     e.duration("CLAUDE_TOKEN_REFRESH_LEAD", 5*time.Minute),
+			RefreshInterval: e.duration("CLAUDE_TOKEN_REFRESH_INTERVAL", time.Minute),
+			UpstreamTimeout: e.duration("ANTHROPIC_TIMEOUT", 10*time.Minute),
+		},
+		Accounts: Accounts{
+			StickyTTL:        e.duration("STICKY_SESSION_TTL", time.Hour),
+			MaxPause:         e.duration("ACCOUNT_MAX_PAUSE", 30*time.Minute),
+			OverloadPause:    e.duration("ACCOUNT_OVERLOAD_PAUSE", time.Minute),
+			ErrorPause:       e.duration("ACCOUNT_ERROR_PAUSE", 30*time.Second),
+			RateLimitDefault: e.duration("ACCOUNT_RATE_LIMIT_DEFAULT", time.Minute),
+			SyncInterval:     e.duration("ACCOUNT_SYNC_INTERVAL", time.Second),
+			MaxAttempts:      e.intRange("ACCOUNT_MAX_ATTEMPTS", 3, 1, 20),
+		},
 	}
 	if e.err != nil {
 		return Config{}, e.err
