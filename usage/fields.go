@@ -1,5 +1,7 @@
 package usage
 
+import "time"
+
 // Dimensions usage is aggregated by.
 const (
 	DimKey      = "key"
@@ -44,3 +46,20 @@ const (
 
 // NanosPerUSD converts FieldCostNanos to dollars.
 const NanosPerUSD = 1e9
+
+// Total is the granularity name of the all-time aggregates.
+const Total = "total"
+
+// TokenWindowStart is the start (unix seconds) of the fixed token-limit window
+// of windowSec seconds that t falls in. Windows are aligned to the Unix epoch.
+// The aggregator adds an event's tokens (Event.Total) to
+// keyspace.UsageTokenWindow(key, windowSec, TokenWindowStart(ev.Time,
+// windowSec)), which expires when the window ends; a limit check reads the
+// window of the current time.
+func TokenWindowStart(t time.Time, windowSec int64) int64 {
+	if windowSec <= 0 {
+		return 0
+	}
+	s := t.Unix()
+	return s - ((s%windowSec)+windowSec)%windowSec
+}

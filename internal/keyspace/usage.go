@@ -39,3 +39,21 @@ func (k Keyspace) UsageTokenWindow(keyID string, windowSec, windowStart int64) s
 func (k Keyspace) UsageSeen(eventID string) string {
 	return k.prefix + "usage:{usage}:seen:" + eventID
 }
+
+// UsageTotalIndex is the sorted set of every value of one dimension ever seen
+// (member: id, score: requests); it never expires.
+func (k Keyspace) UsageTotalIndex(dim string) string {
+	return k.prefix + "usage:{usage}:index:" + dim + ":total"
+}
+
+// UsageKeyModels is the sorted set of the models one key has used (member:
+// model, score: requests), for the key's per-model breakdown.
+func (k Keyspace) UsageKeyModels(keyID string) string {
+	return k.prefix + "usage:{usage}:keymodels:" + keyID
+}
+
+// UsageUnknownModels is the sorted set of models that had no price when
+// their usage was counted (member: model, score: requests).
+func (k Keyspace) UsageUnknownModels() string {
+	return k.prefix + "usage:{usage}:unknown-models"
+}

@@ -28,6 +28,7 @@ type Metrics struct {
 	// Usage emission.
 	UsagePending prometheus.Gauge       // events buffered in the process, not yet in Redis
 	UsageFlushes *prometheus.CounterVec // outcome (ok, error)
+	UsageLost    *prometheus.CounterVec // reason (buffer_full, shutdown): events never written
 
 	// Upstreams.
 	UpstreamRequests *prometheus.CounterVec // upstream, status
@@ -61,11 +62,15 @@ func New() *Metrics {
 		UsageFlushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_usage_flushes_total", Help: "Batches of usage events written to Redis, by outcome.",
 		}, []string{"outcome"}),
+		UsageLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_usage_events_lost_total", Help: "Usage events never written to Redis: buffer full, or still unwritten at shutdown.",
+		}, []string{"reason"}),
 		UpstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_upstream_requests_total", Help: "Requests sent upstream, by upstream and status (or error).",
 		}, []string{"upstream", "status"}),
 	}
 	r.MustRegister(m.Requests, m.Latency, m.Overhead, m.WorkerOutcomes, m.UsagePending, m.UsageFlushes, m.UpstreamRequests)
+	r.MustRegister(m.UsageLost)
 	return m
 }
 
