@@ -18,7 +18,10 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
+	"github.com/relaydev/relay/internal/adminauth"
+	"github.com/relaydev/relay/internal/apikeys"
 	"github.com/relaydev/relay/internal/config"
+	"github.com/relaydev/relay/internal/keyspace"
 	"github.com/relaydev/relay/internal/metrics"
 )
 
@@ -38,6 +41,10 @@ type Deps struct {
 	Metrics *metrics.Metrics
 	Health  []HealthCheck
 	Usage   UsageRecorder
+	// Keys and Admin are built from Redis and Config when nil (the relay
+	// passes its own so the process owns their lifecycle).
+	Keys  *apikeys.Store
+	Admin *adminauth.Auth
 }
 
 // Server is the HTTP server. Start it once; Stop it once or more.
@@ -49,6 +56,8 @@ type Server struct {
 	health  []HealthCheck
 	usage   UsageRecorder
 	started time.Time
+	keys    *apikeys.Store
+	admin   *adminauth.Auth
 
 	app *fiber.App
 
@@ -69,6 +78,15 @@ func New(d Deps) *Server {
 	s := &Server{
 		cfg: d.Config, log: d.Log, rdb: d.Redis, metrics: d.Metrics, health: d.Health, usage: d.Usage,
 		started: time.Now(), base: base, cancelBase: cancel,
+	}
+	s.keys, s.admin = d.Keys, d.Admin
+	if s.keys == nil && d.Redis != nil {
+		s.keys = apikeys.NewStore(d.Redis, keyspace.New(d.Config.Redis.KeyPrefix), apikeys.Options{
+			Prefix: d.Config.APIKeyPrefix, CacheTTL: d.Config.KeyCacheTTL, Log: d.Log})
+	}
+	if s.admin == nil && d.Redis != nil {
+		s.admin = adminauth.New(d.Redis, keyspace.New(d.Config.Redis.KeyPrefix), adminauth.Options{
+			Secret: d.Config.JWTSecret, Log: d.Log})
 	}
 	s.app = fiber.New(fiber.Config{
 		AppName:               "relay",
@@ -93,6 +111,8 @@ func (s *Server) routes() {
 	s.app.Use(s.observe)
 	s.app.Get("/health", s.handleHealth)
 	s.app.Get("/metrics", s.handleMetrics())
+	s.keyInfoRoutes()
+	s.adminRoutes()
 }
 
 // Start listens on HOST:PORT and serves in the background. It returns once
