@@ -54,6 +54,11 @@ type Recorder struct {
 	pending int           // events in queue
 	stopped bool
 
+	// ctx bounds every write; it ends StopTimeout after Stop, so a write
+	// that hangs on an unreachable Redis cannot hold Stop up.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	wake      chan struct{}
 	stop      chan struct{}
 	done      chan struct{}
@@ -82,8 +87,9 @@ func NewRecorder(rdb redis.UniversalClient, cfg RecorderConfig) *Recorder {
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 10 * time.Second
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Recorder{
-		rdb: rdb, cfg: cfg, log: cfg.Log, m: cfg.Metrics,
+		rdb: rdb, cfg: cfg, log: cfg.Log, m: cfg.Metrics, ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 }
@@ -167,12 +173,16 @@ func (r *Recorder) Stop() {
 		r.stopped = true
 		r.mu.Unlock()
 		close(r.stop)
+		giveUp := time.AfterFunc(r.cfg.StopTimeout, r.cancel)
 		neverStarted := false
 		r.startOnce.Do(func() { neverStarted = true })
 		if neverStarted {
 			r.drain()
 			close(r.done)
 		}
+		<-r.done
+		giveUp.Stop()
+		r.cancel()
 	})
 	<-r.done
 }
@@ -188,7 +198,7 @@ func (r *Recorder) run() {
 			return
 		}
 		for {
-			err := r.flushOnce(context.Background(), 5*time.Second)
+			err := r.flushOnce(r.ctx, 5*time.Second)
 			if err == nil {
 				backoff = 0
 				break
@@ -268,22 +278,16 @@ func (r *Recorder) write(ctx context.Context, take []*flushBatch, timeout time.D
 
 // drain writes what is queued after Stop, trying until StopTimeout.
 func (r *Recorder) drain() {
-	deadline := time.Now().Add(r.cfg.StopTimeout)
 	backoff := time.Duration(0)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			break
-		}
-		err := r.flushOnce(context.Background(), min(left, 5*time.Second))
-		if err == nil {
+	for r.ctx.Err() == nil {
+		if err := r.flushOnce(r.ctx, 5*time.Second); err == nil {
 			return
 		}
 		backoff = nextBackoff(backoff)
-		if time.Until(deadline) < backoff {
-			break
+		select {
+		case <-time.After(backoff):
+		case <-r.ctx.Done():
 		}
-		time.Sleep(backoff)
 	}
 	r.mu.Lock()
 	lost := r.pending
