@@ -9,7 +9,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/relaydev/relay/ingress"
+	"github.com/relaydev/relay/internal/adminauth"
+	"github.com/relaydev/relay/internal/apikeys"
 	"github.com/relaydev/relay/internal/config"
+	"github.com/relaydev/relay/internal/keyspace"
 	"github.com/relaydev/relay/internal/metrics"
 	"github.com/relaydev/relay/internal/redisconn"
 )
@@ -44,11 +47,27 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 	m := metrics.New()
 	r := &relay{log: log, redis: conn}
 
+	ks := keyspace.New(cfg.Redis.KeyPrefix)
+	keys := apikeys.NewStore(conn.Client, ks, apikeys.Options{
+		Prefix: cfg.APIKeyPrefix, CacheTTL: cfg.KeyCacheTTL, Log: log.With().Str("component", "apikeys").Logger()})
+	admin := adminauth.New(conn.Client, ks, adminauth.Options{
+		Secret: cfg.JWTSecret, Log: log.With().Str("component", "admin").Logger()})
+	if err := admin.Bootstrap(ctx, cfg.AdminUsername, cfg.AdminPassword); err != nil {
+		// Redis may not answer yet: the relay starts degraded, and the admin
+		// is created at the first login attempt once Redis is back.
+		log.Warn().Err(err).Msg("could not create or check the admin account yet")
+	}
+	// The key store's lease releaser stops after the HTTP server (reverse
+	// order), so the leases of the last requests are still freed.
+	r.services = append(r.services, keys)
+
 	srv := ingress.New(ingress.Deps{
 		Config:  cfg,
 		Log:     log.With().Str("component", "http").Logger(),
 		Redis:   conn.Client,
 		Metrics: m,
+		Keys:    keys,
+		Admin:   admin,
 	})
 	r.services = append(r.services, srv)
 	return r, nil
@@ -80,12 +99,3 @@ func (r *relay) stop() {
 	}
 }
 
-// runCommand runs a command-line subcommand instead of the server.
-func runCommand(ctx context.Context, cfg config.Config, log zerolog.Logger, args []string, stdout, stderr io.Writer) int {
-	_ = ctx
-	_ = cfg
-	_ = log
-	_ = stdout
-	fmt.Fprintf(stderr, "relay: unknown command %q (try: relay keys help)\n", args[0])
-	return 2
-}

@@ -64,6 +64,9 @@ type Auth struct {
 
 	dummyOnce sync.Once
 	dummy     []byte // a hash to compare against when the username is wrong
+
+	bootMu sync.Mutex
+	boot   *[2]string // username and password of a Bootstrap that has not succeeded yet
 }
 
 // New returns the admin authentication over rdb.
@@ -101,7 +104,36 @@ type credentials struct {
 // with a generated one that is logged once, at warn, and nowhere else. An
 // admin that exists is left alone, so a password changed through the API
 // survives restarts and ADMIN_PASSWORD never overwrites it.
+//
+// If Redis does not answer, Bootstrap fails, and the next login tries again.
 func (a *Auth) Bootstrap(ctx context.Context, username, password string) error {
+	a.bootMu.Lock()
+	defer a.bootMu.Unlock()
+	a.boot = &[2]string{username, password}
+	if err := a.bootstrap(ctx, username, password); err != nil {
+		return err
+	}
+	a.boot = nil
+	return nil
+}
+
+// retryBootstrap runs a Bootstrap that failed before, and reports whether it
+// has now succeeded.
+func (a *Auth) retryBootstrap(ctx context.Context) bool {
+	a.bootMu.Lock()
+	defer a.bootMu.Unlock()
+	if a.boot == nil {
+		return false
+	}
+	if err := a.bootstrap(ctx, a.boot[0], a.boot[1]); err != nil {
+		a.o.Log.Warn().Err(err).Msg("could not create the admin account yet")
+		return false
+	}
+	a.boot = nil
+	return true
+}
+
+func (a *Auth) bootstrap(ctx context.Context, username, password string) error {
 	existing, err := a.load(ctx)
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
@@ -184,6 +216,9 @@ func (a *Auth) Login(ctx context.Context, ip, username, password string) (Sessio
 // username is right or not.
 func (a *Auth) check(ctx context.Context, username, password string) (credentials, error) {
 	c, err := a.load(ctx)
+	if errors.Is(err, redis.Nil) && a.retryBootstrap(ctx) {
+		c, err = a.load(ctx)
+	}
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return credentials{}, err
 	}

@@ -165,20 +165,31 @@ func (s *Store) Admit(ctx context.Context, k *Key) (*Admission, error) {
 		_, err := pipe.Exec(ctx)
 		return err
 	}
-	err := exec(false)
-	if script != nil && isNoScript(script.Err()) {
-		err = exec(true)
-	}
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("check api key limits: %w", err)
+	var res []int64
+	for attempt := 0; ; attempt++ {
+		err := exec(false)
+		if script != nil && isNoScript(script.Err()) {
+			err = exec(true)
+		}
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("check api key limits: %w", err)
+		}
+		if script == nil {
+			break
+		}
+		if res, err = script.Int64Slice(); err != nil || len(res) < 2 {
+			return nil, fmt.Errorf("check api key limits: %v", err)
+		}
+		// All leases taken, but some are this process's finished requests
+		// whose release is still queued: wait for it, then try once more, so
+		// a client sending requests one after another is never refused.
+		if res[0] != 0 || attempt > 0 || !s.rel.waitPending(ctx, leases) {
+			break
+		}
 	}
 
 	counted := false
 	if script != nil {
-		res, err := script.Int64Slice()
-		if err != nil || len(res) < 2 {
-			return nil, fmt.Errorf("check api key limits: %v", err)
-		}
 		switch res[0] {
 		case 0:
 			return nil, &Denial{Reason: DeniedConcurrency, Limit: l.MaxConcurrent, RetryAfter: time.Duration(res[1]) * time.Millisecond}
@@ -283,11 +294,35 @@ type releaser struct {
 	running bool
 	ch      chan lease
 	done    chan struct{}
+	pending map[string]int // queued releases per lease set
+	flushed chan struct{}  // closed after each batch is sent
 }
 
 type lease struct{ set, member string }
 
-func newReleaser(s *Store) *releaser { return &releaser{s: s} }
+func newReleaser(s *Store) *releaser {
+	return &releaser{s: s, pending: make(map[string]int), flushed: make(chan struct{})}
+}
+
+// waitPending waits until the queued releases of set are sent, and reports
+// whether there were any.
+func (r *releaser) waitPending(ctx context.Context, set string) bool {
+	had := false
+	for {
+		r.mu.Lock()
+		n, flushed := r.pending[set], r.flushed
+		r.mu.Unlock()
+		if n == 0 {
+			return had
+		}
+		had = true
+		select {
+		case <-flushed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
 
 func (r *releaser) start(context.Context) error {
 	r.mu.Lock()
@@ -320,6 +355,7 @@ func (r *releaser) release(set, member string) {
 	if r.running {
 		select {
 		case r.ch <- lease{set, member}:
+			r.pending[set]++
 			r.mu.Unlock()
 			return
 		default: // full: free it inline
@@ -347,6 +383,15 @@ func (r *releaser) loop(ch <-chan lease, done chan<- struct{}) {
 			}
 		}
 		r.flush(batch)
+		r.mu.Lock()
+		for _, l := range batch {
+			if r.pending[l.set]--; r.pending[l.set] <= 0 {
+				delete(r.pending, l.set)
+			}
+		}
+		close(r.flushed)
+		r.flushed = make(chan struct{})
+		r.mu.Unlock()
 	}
 }
 
