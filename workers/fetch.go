@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"time"
 
@@ -88,10 +89,18 @@ func (p *Pool) fetch() {
 			count(p.outcome.reclaimed, len(fs))
 		}
 		p.state.Lock()
+		fresh := fs[:0]
 		for _, f := range fs {
+			if p.fl[f.e.ID] != nil {
+				// Still held here (its renewal failed long enough for it to
+				// look abandoned); XAUTOCLAIM just gave it back to us.
+				continue
+			}
 			p.fl[f.e.ID] = f
+			fresh = append(fresh, f)
 		}
 		p.state.Unlock()
+		fs = fresh
 
 		used := 0
 		for i := 0; i < len(fs); i += p.perSlot {
@@ -111,6 +120,7 @@ func (p *Pool) takeSlots() int {
 		return 0
 	}
 	n := 1
+	runtime.Gosched() // let handlers that are finishing give their slots back
 	for n < p.cfg.Concurrency {
 		select {
 		case <-p.free:

@@ -267,14 +267,23 @@ func DefaultBackoff(attempt int64) time.Duration {
 }
 
 // Start creates the group if needed and starts fetching in the background.
-// ctx bounds only the start itself; the pool runs until Stop.
+// ctx bounds only the start itself; the pool runs until Stop. A Redis that
+// does not answer yet is not an error (the pool waits for it); one that
+// refuses the group (e.g. the key holds no stream) is.
 func (p *Pool) Start(ctx context.Context) error {
 	if !p.phase.CompareAndSwap(0, 1) {
 		return errors.New("workers: pool already started")
 	}
 	if err := p.createGroup(ctx); err != nil {
-		p.phase.Store(0)
-		return err
+		var reply redis.Error
+		if errors.As(err, &reply) {
+			// Redis answered and refused (e.g. the key is not a stream).
+			p.phase.Store(0)
+			return fmt.Errorf("workers: create group %s on %s: %w", p.cfg.Group, p.cfg.Stream, err)
+		}
+		// Redis is not reachable yet: start degraded; the fetcher retries
+		// and creates the group once Redis answers.
+		p.log.Warn().Err(err).Msg("redis not reachable; the pool starts and waits for it")
 	}
 	p.workers.Add(p.cfg.Concurrency)
 	for range p.cfg.Concurrency {

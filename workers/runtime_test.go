@@ -634,8 +634,8 @@ func TestStopUnderLoadLosesNothing(t *testing.T) {
 	seen := newHandledSet()
 	handler := func(ctx context.Context, e Entry) error {
 		seen.begin(e.ID)
-		d := time.Duration(rand.IntN(2000)) * time.Microsecond
-		if rand.IntN(30) == 0 {
+		d := time.Duration(rand.IntN(1000)) * time.Microsecond
+		if rand.IntN(40) == 0 {
 			d = 150 * time.Millisecond // longer than the grace period: handed back if a stop comes
 		}
 		select {
@@ -675,7 +675,7 @@ func TestStopUnderLoadLosesNothing(t *testing.T) {
 				return
 			}
 			produced = append(produced, id)
-			if i%10 == 0 {
+			if i%5 == 0 {
 				time.Sleep(time.Millisecond)
 			}
 		}
@@ -711,7 +711,9 @@ func TestStopUnderLoadLosesNothing(t *testing.T) {
 	close(stopProducing)
 	<-producerDone
 
-	final := startPool(t, env.Client, newCfg("final"))
+	last := newCfg("final")
+	last.Concurrency = 64 // work off the backlog quickly
+	final := startPool(t, env.Client, last)
 	waitFor(t, "every produced entry handled", func() bool { return seen.total.Load() >= int64(len(produced)) })
 	waitFor(t, "every entry acknowledged", func() bool { return pendingCount(t, env.Client, s) == 0 })
 	final.Stop()
@@ -819,4 +821,44 @@ func TestTrimByAgeKeepsUnfinishedEntries(t *testing.T) {
 		t.Fatalf("%d entries left after trimming, want the %d young ones and at most a node of old ones", len(left), len(fresh))
 	}
 	t.Logf("left after the final trim: %d entries (%d young)", len(left), len(fresh))
+}
+
+func TestWaitsForRedisAndSurvivesItsRestart(t *testing.T) {
+	srv := testredis.StartServer(t, false)
+	rdb := testredis.NewClient(srv.Addr)
+	t.Cleanup(func() { rdb.Close() })
+	s := streams{stream: "relay:stream:jobs", dead: "relay:stream:jobs:dead", group: "workers"}
+	srv.Stop()
+
+	got := make(chan string, 10)
+	cfg := s.config("c", zerolog.Nop())
+	cfg.Handler = func(ctx context.Context, e Entry) error { got <- e.Values["n"]; return nil }
+	p := startPool(t, rdb, cfg) // Redis is down: the pool starts and waits
+
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, rdb, s.stream, 1)
+	if n := <-got; n != "0" {
+		t.Fatalf("got entry %q", n)
+	}
+
+	// A restart without persistence loses the stream and its group; the pool
+	// makes them again.
+	srv.Stop()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the group to be made again", func() bool {
+		gs, err := rdb.XInfoGroups(context.Background(), s.stream).Result()
+		return err == nil && len(gs) == 1
+	})
+	publishN(t, rdb, s.stream, 1)
+	if n := <-got; n != "0" {
+		t.Fatalf("got entry %q after the restart", n)
+	}
+	p.Stop()
+	if st := p.Stats(); st.OK != 2 {
+		t.Fatalf("stats %+v, want 2 ok", st)
+	}
 }
