@@ -18,7 +18,9 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
+	"github.com/relaydev/relay/internal/accounts"
 	"github.com/relaydev/relay/internal/adminauth"
+	"github.com/relaydev/relay/internal/anthropic"
 	"github.com/relaydev/relay/internal/apikeys"
 	"github.com/relaydev/relay/internal/config"
 	"github.com/relaydev/relay/internal/keyspace"
@@ -45,6 +47,13 @@ type Deps struct {
 	// passes its own so the process owns their lifecycle).
 	Keys  *apikeys.Store
 	Admin *adminauth.Auth
+	// Claude: the account scheduler, the Anthropic upstream client, the
+	// OAuth flow and the token keeper. Without Scheduler and Anthropic the
+	// Anthropic routes answer 503.
+	Scheduler    *accounts.Scheduler
+	Anthropic    *anthropic.Client
+	ClaudeOAuth  *anthropic.OAuth
+	ClaudeTokens ClaudeTokens
 }
 
 // Server is the HTTP server. Start it once; Stop it once or more.
@@ -58,6 +67,11 @@ type Server struct {
 	started time.Time
 	keys    *apikeys.Store
 	admin   *adminauth.Auth
+
+	sched        *accounts.Scheduler
+	anthropic    *anthropic.Client
+	claudeOAuth  *anthropic.OAuth
+	claudeTokens ClaudeTokens
 
 	app *fiber.App
 
@@ -80,6 +94,7 @@ func New(d Deps) *Server {
 		started: time.Now(), base: base, cancelBase: cancel,
 	}
 	s.keys, s.admin = d.Keys, d.Admin
+	s.sched, s.anthropic, s.claudeOAuth, s.claudeTokens = d.Scheduler, d.Anthropic, d.ClaudeOAuth, d.ClaudeTokens
 	if s.keys == nil && d.Redis != nil {
 		s.keys = apikeys.NewStore(d.Redis, keyspace.New(d.Config.Redis.KeyPrefix), apikeys.Options{
 			Prefix: d.Config.APIKeyPrefix, CacheTTL: d.Config.KeyCacheTTL, Log: d.Log})
@@ -112,6 +127,7 @@ func (s *Server) routes() {
 	s.app.Get("/health", s.handleHealth)
 	s.app.Get("/metrics", s.handleMetrics())
 	s.keyInfoRoutes()
+	s.anthropicRoutes()
 	s.adminRoutes()
 }
 

@@ -145,7 +145,9 @@ type Credentials struct {
 }
 
 // Empty reports whether no credential is set.
-func (c Credentials) Empty() bool { return c.APIKey == "" && c.AccessToken == "" && c.RefreshToken == "" }
+func (c Credentials) Empty() bool {
+	return c.APIKey == "" && c.AccessToken == "" && c.RefreshToken == ""
+}
 
 // CheckProxy validates an outbound proxy URL: http, https, socks5 or
 // socks5h with a host and port.

@@ -55,7 +55,7 @@ type Request struct {
 	Service string   // "claude", "gemini"
 	Model   string   // the model the client asked for
 	Session string   // sticky-session id; empty for none
-	KeyID   string   // the relay key, for its binding
+	Bound   string   // the account the relay key is bound to for this service ("" for none)
 	Exclude []string // accounts that already failed this request
 }
 
@@ -78,11 +78,8 @@ func (s *Scheduler) Pick(ctx context.Context, req Request) (*Pick, error) {
 	}
 	now := s.store.now()
 
-	s.store.mu.Lock()
-	boundID, bound := v.bindings[req.Service+":"+req.KeyID]
-	s.store.mu.Unlock()
-	if bound && req.KeyID != "" {
-		return s.pickBound(ctx, v, req, boundID, now)
+	if req.Bound != "" {
+		return s.pickBound(v, req, now)
 	}
 
 	var stickyID string
@@ -151,13 +148,12 @@ func (s *Scheduler) Pick(ctx context.Context, req Request) (*Pick, error) {
 	return pick, nil
 }
 
-func (s *Scheduler) pickBound(ctx context.Context, v *view, req Request, id string, now time.Time) (*Pick, error) {
+func (s *Scheduler) pickBound(v *view, req Request, now time.Time) (*Pick, error) {
 	s.store.mu.Lock()
 	defer s.store.mu.Unlock()
-	e := v.accounts[id]
+	e := v.accounts[req.Bound]
 	why := &NoAccountError{Service: req.Service, Model: req.Model, Bound: true}
-	if e == nil {
-		why.Configured = 0
+	if e == nil || e.acct.Kind.Service() != req.Service {
 		return nil, why
 	}
 	why.Configured = 1

@@ -28,7 +28,9 @@ type InvalidError struct{ Msg string }
 
 func (e *InvalidError) Error() string { return e.Msg }
 
-func invalid(format string, args ...any) error { return &InvalidError{Msg: fmt.Sprintf(format, args...)} }
+func invalid(format string, args ...any) error {
+	return &InvalidError{Msg: fmt.Sprintf(format, args...)}
+}
 
 // Fields of an account's hash. The state lives in one field per value, so
 // two replicas marking different things never overwrite each other's.
@@ -69,7 +71,6 @@ type view struct {
 	version  int64
 	checked  time.Time
 	accounts map[string]*entry
-	bindings map[string]string // "<service>:<keyID>" -> account id
 }
 
 type entry struct {
@@ -188,24 +189,12 @@ func (s *Store) SetTokens(ctx context.Context, id string, creds Credentials, exp
 	}, &creds)
 }
 
-// Delete removes the account and any key bound to it.
+// Delete removes the account. Keys bound to it then get a clear error
+// until they are rebound.
 func (s *Store) Delete(ctx context.Context, id string) error {
-	binds, err := s.rdb.HGetAll(ctx, s.keys.AccountBindings()).Result()
-	if err != nil {
-		return err
-	}
-	var drop []string
-	for f, acct := range binds {
-		if acct == id {
-			drop = append(drop, f)
-		}
-	}
 	res, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, s.keys.Account(id))
 		p.SRem(ctx, s.keys.AccountIndex(), id)
-		if len(drop) > 0 {
-			p.HDel(ctx, s.keys.AccountBindings(), drop...)
-		}
 		p.Incr(ctx, s.keys.AccountVersion())
 		return nil
 	})
@@ -250,42 +239,6 @@ func (s *Store) List(ctx context.Context) ([]Account, error) {
 		}
 		return a.Name < b.Name
 	})
-	return out, nil
-}
-
-// Bind makes keyID use account id for the account's service; an empty id
-// removes the binding for service.
-func (s *Store) Bind(ctx context.Context, service, keyID, id string) error {
-	field := service + ":" + keyID
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		if id == "" {
-			p.HDel(ctx, s.keys.AccountBindings(), field)
-		} else {
-			p.HSet(ctx, s.keys.AccountBindings(), field, id)
-		}
-		p.Incr(ctx, s.keys.AccountVersion())
-		return nil
-	})
-	if err == nil {
-		s.invalidate()
-	}
-	return err
-}
-
-// Bindings lists the keys bound to account id, as "<service>:<keyID>".
-func (s *Store) Bindings(ctx context.Context, id string) ([]string, error) {
-	all, err := s.rdb.HGetAll(ctx, s.keys.AccountBindings()).Result()
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for f, acct := range all {
-		if acct == id {
-			_, key, _ := strings.Cut(f, ":")
-			out = append(out, key)
-		}
-	}
-	sort.Strings(out)
 	return out, nil
 }
 
@@ -443,7 +396,7 @@ func (s *Store) Sync(ctx context.Context) error {
 	return err
 }
 
-// loadAll reads every account and the bindings.
+// loadAll reads every account.
 func (s *Store) loadAll(ctx context.Context) (*view, error) {
 	ver, err := s.rdb.Get(ctx, s.keys.AccountVersion()).Int64()
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -458,11 +411,10 @@ func (s *Store) loadAll(ctx context.Context) (*view, error) {
 	for i, id := range ids {
 		cmds[i] = p.HGetAll(ctx, s.keys.Account(id))
 	}
-	binds := p.HGetAll(ctx, s.keys.AccountBindings())
 	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read accounts: %w", err)
 	}
-	v := &view{version: ver, checked: s.now(), accounts: make(map[string]*entry, len(ids)), bindings: binds.Val()}
+	v := &view{version: ver, checked: s.now(), accounts: make(map[string]*entry, len(ids))}
 	for i, id := range ids {
 		h := cmds[i].Val()
 		if h[fRecord] == "" {

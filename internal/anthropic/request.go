@@ -32,11 +32,11 @@ type BadRequest struct{ Msg string }
 func (e *BadRequest) Error() string { return e.Msg }
 
 type wireRequest struct {
-	Model     *string           `json:"model"`
-	MaxTokens json.RawMessage   `json:"max_tokens"`
-	Messages  json.RawMessage   `json:"messages"`
-	System    json.RawMessage   `json:"system"`
-	Stream    json.RawMessage   `json:"stream"`
+	Model     *string         `json:"model"`
+	MaxTokens json.RawMessage `json:"max_tokens"`
+	Messages  json.RawMessage `json:"messages"`
+	System    json.RawMessage `json:"system"`
+	Stream    json.RawMessage `json:"stream"`
 	Metadata  *struct {
 		UserID json.RawMessage `json:"user_id"`
 	} `json:"metadata"`

@@ -1,8 +1,7 @@
 package keyspace
 
 // Upstream accounts and their scheduling state. The account records, the
-// index of ids, the bindings of relay keys to accounts and the version
-// counter carry the hash tag {accounts}, so one MULTI can create, update or
+// index of ids and the version counter carry the hash tag {accounts}, so one MULTI can create, update or
 // delete an account together with the index and the version (on Redis
 // Cluster they live on one shard). Sticky-session mappings and OAuth
 // sessions are single keys with a TTL and need no tag.
@@ -23,12 +22,6 @@ func (k Keyspace) AccountIndex() string {
 // in-process view only when something changed.
 func (k Keyspace) AccountVersion() string {
 	return k.prefix + "accounts:{accounts}:version"
-}
-
-// AccountBindings is the hash of key bindings: field "<service>:<keyID>",
-// value the account id that key must use for that service.
-func (k Keyspace) AccountBindings() string {
-	return k.prefix + "accounts:{accounts}:bindings"
 }
 
 // StickySession maps one conversation (a session hash) of a service to the
