@@ -42,7 +42,15 @@ return lost
 `)
 
 // renew runs renewScript for ids with their delivery counts (-1: keep).
+// Renewals of one pool run one at a time, so the keeper cannot undo a
+// hand-back that happened while it was deciding what to keep.
 func (p *Pool) renew(ctx context.Context, idle time.Duration, ids []string, counts []int64) ([]string, error) {
+	p.renewing.Lock()
+	defer p.renewing.Unlock()
+	return p.renewLocked(ctx, idle, ids, counts)
+}
+
+func (p *Pool) renewLocked(ctx context.Context, idle time.Duration, ids []string, counts []int64) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
@@ -70,35 +78,41 @@ func (p *Pool) keep() {
 			return
 		case <-t.C:
 		}
-		due := time.Now().Add(-p.cfg.VisibilityTimeout / 3)
-		var ids []string
-		var counts []int64
-		p.state.Lock()
-		for id, f := range p.fl {
-			if f.renewed.Before(due) && !f.handedBack && !f.lost {
-				ids = append(ids, id)
-				counts = append(counts, -1)
-			}
-		}
-		p.state.Unlock()
-		if len(ids) == 0 {
-			continue
-		}
-		now := time.Now()
-		lost, err := p.renew(context.Background(), 0, ids, counts)
-		if err != nil {
-			p.log.Error().Err(err).Int("entries", len(ids)).Msg("could not keep running entries; they may be reclaimed")
-			continue
-		}
-		p.state.Lock()
-		for _, id := range ids {
-			if f := p.fl[id]; f != nil {
-				f.renewed = now
-			}
-		}
-		p.state.Unlock()
-		p.markLost(lost)
+		p.keepOnce()
 	}
+}
+
+func (p *Pool) keepOnce() {
+	p.renewing.Lock()
+	defer p.renewing.Unlock()
+	due := time.Now().Add(-p.cfg.VisibilityTimeout / 3)
+	var ids []string
+	var counts []int64
+	p.state.Lock()
+	for id, f := range p.fl {
+		if f.renewed.Before(due) && !f.handedBack && !f.lost {
+			ids = append(ids, id)
+			counts = append(counts, -1)
+		}
+	}
+	p.state.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	now := time.Now()
+	lost, err := p.renewLocked(context.Background(), 0, ids, counts)
+	if err != nil {
+		p.log.Error().Err(err).Int("entries", len(ids)).Msg("could not keep running entries; they may be reclaimed")
+		return
+	}
+	p.state.Lock()
+	for _, id := range ids {
+		if f := p.fl[id]; f != nil {
+			f.renewed = now
+		}
+	}
+	p.state.Unlock()
+	p.markLost(lost)
 }
 
 // markLost cancels the handlers of entries another consumer took over; their

@@ -17,6 +17,14 @@
 //
 // Delivery counts live in Redis (the group's pending entries list), so
 // MaxDeliveries holds across processes and crashes.
+//
+// Choosing timeouts: VisibilityTimeout is how long a crashed process's entry
+// waits before another process takes it over; it need not cover a job's
+// duration, because the keeper renews running entries every third of it.
+// HandlerTimeout bounds one handler call; a call that runs past it fails (and
+// is retried) like any other error. Long jobs (image generation) keep the
+// default VisibilityTimeout of 30s and set HandlerTimeout to the job's own
+// upper bound, e.g. 5 minutes.
 package workers
 
 import (
@@ -100,6 +108,12 @@ type Config struct {
 	Metrics *metrics.Metrics // may be nil
 }
 
+// cancelWait is how long Stop waits, after cancelling the handlers that
+// outlived the grace period, for them to return and hand their entries back
+// themselves, before it hands back the entries of handlers that ignore their
+// context.
+const cancelWait = time.Second
+
 // Stats counts what a pool did since it started.
 type Stats struct {
 	OK         int64 // entries handled and acknowledged
@@ -127,7 +141,9 @@ type Pool struct {
 	acks  chan string    // handlers -> acker
 	state sync.Mutex     // guards fl and the fields of flights marked so
 	fl    map[string]*flight
-	phase atomic.Int32 // 0 new, 1 running, 2 stopping, 3 stopped
+	// renewing serialises renewScript calls (see renew).
+	renewing sync.Mutex
+	phase    atomic.Int32 // 0 new, 1 running, 2 stopping, 3 stopped
 
 	stopping   chan struct{}      // closed when Stop begins
 	handlerCtx context.Context    // parent of every handler call
@@ -323,7 +339,7 @@ func (p *Pool) Stop() {
 			p.hardStop()
 			select {
 			case <-p.workersDone:
-			case <-time.After(min(p.cfg.StopGrace, time.Second)):
+			case <-time.After(cancelWait):
 				p.handBackAll()
 				select {
 				case <-p.workersDone:

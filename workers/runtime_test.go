@@ -446,7 +446,7 @@ func TestBatchFailureRetriesEntriesAlone(t *testing.T) {
 func TestLongHandlerKeepsItsEntry(t *testing.T) {
 	env := testredis.New(t)
 	s := newStreams(env)
-	const vis = 600 * time.Millisecond
+	const vis = time.Second
 	var othersGot atomic.Int64
 	var deliveries atomic.Int64
 	done := make(chan struct{})
@@ -456,7 +456,7 @@ func TestLongHandlerKeepsItsEntry(t *testing.T) {
 	cfg.Handler = func(ctx context.Context, e Entry) error {
 		deliveries.Store(e.Deliveries)
 		select {
-		case <-time.After(4 * vis): // far past the visibility timeout
+		case <-time.After(3 * vis): // far past the visibility timeout
 		case <-ctx.Done():
 			return ctx.Err()
 		}
