@@ -2,17 +2,22 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/relaydev/relay/ingress"
+	"github.com/relaydev/relay/internal/accounts"
 	"github.com/relaydev/relay/internal/adminauth"
+	"github.com/relaydev/relay/internal/anthropic"
 	"github.com/relaydev/relay/internal/apikeys"
 	"github.com/relaydev/relay/internal/config"
 	"github.com/relaydev/relay/internal/keyspace"
 	"github.com/relaydev/relay/internal/metrics"
 	"github.com/relaydev/relay/internal/redisconn"
+	"github.com/relaydev/relay/internal/secretbox"
+	"github.com/relaydev/relay/session"
 )
 
 // service is a long-running part of the relay.
@@ -59,6 +64,28 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 	// order), so the leases of the last requests are still freed.
 	r.services = append(r.services, keys)
 
+	// Claude: accounts (credentials sealed under ENCRYPTION_KEY), their
+	// scheduler, the Anthropic upstream client and the OAuth token keeper.
+	acctBox, err := secretbox.New(cfg.EncryptionKey)
+	if err != nil {
+		return nil, fmt.Errorf("ENCRYPTION_KEY: %w", err)
+	}
+	acctStore := accounts.NewStore(conn.Client, ks, acctBox, cfg.Accounts.SyncInterval, nil)
+	sched := accounts.NewScheduler(acctStore, conn.Client, ks, accounts.Policy{
+		StickyTTL: cfg.Accounts.StickyTTL, MaxPause: cfg.Accounts.MaxPause, OverloadPause: cfg.Accounts.OverloadPause,
+		ErrorPause: cfg.Accounts.ErrorPause, RateLimitDefault: cfg.Accounts.RateLimitDefault,
+	}, log.With().Str("component", "accounts").Logger())
+	claudeOAuth := anthropic.NewOAuth(anthropic.OAuthConfig{
+		ClientID: cfg.Claude.OAuthClientID, AuthorizeURL: cfg.Claude.OAuthAuthorizeURL, TokenURL: cfg.Claude.OAuthTokenURL,
+		RedirectURL: cfg.Claude.OAuthRedirectURL, Scopes: cfg.Claude.OAuthScopes,
+	}, nil)
+	claudeTokens := session.NewClaude(session.ClaudeOptions{
+		Redis: conn.Client, Keys: ks, Store: acctStore, OAuth: claudeOAuth,
+		Log:  log.With().Str("component", "claude-tokens").Logger(),
+		Lead: cfg.Claude.RefreshLead, Interval: cfg.Claude.RefreshInterval, RetryPause: cfg.Accounts.ErrorPause,
+	})
+	r.services = append(r.services, claudeTokens)
+
 	srv := ingress.New(ingress.Deps{
 		Config:  cfg,
 		Log:     log.With().Str("component", "http").Logger(),
@@ -66,6 +93,11 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		Metrics: m,
 		Keys:    keys,
 		Admin:   admin,
+
+		Scheduler:    sched,
+		Anthropic:    anthropic.NewClient(cfg.Claude.BaseURL, cfg.Claude.UpstreamTimeout),
+		ClaudeOAuth:  claudeOAuth,
+		ClaudeTokens: claudeTokens,
 	})
 	r.services = append(r.services, srv)
 	return r, nil
@@ -96,4 +128,3 @@ func (r *relay) stop() {
 		r.log.Error().Msg("shutdown did not finish in two minutes; exiting anyway")
 	}
 }
-
