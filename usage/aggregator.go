@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/relaydev/relay/internal/keyspace"
+	"github.com/relaydev/relay/internal/metrics"
 	"github.com/relaydev/relay/workers"
 )
 
@@ -58,6 +59,25 @@ func NewAggregator(rdb redis.Scripter, ks keyspace.Keyspace, pricing *Pricing, c
 		cfg.SeenTTL = DefaultSeenTTL
 	}
 	return &Aggregator{rdb: rdb, ks: ks, pricing: pricing, seenTTL: int64(cfg.SeenTTL / time.Second), log: log}
+}
+
+// PoolConfig is the usage pool's configuration: the usage stream and group,
+// this aggregator as the batch handler, batches of 200 and 4 handlers at once
+// (scripts run one at a time in Redis; a few in flight keep it busy while
+// the next batches are decoded). The caller may adjust the result.
+func (a *Aggregator) PoolConfig(consumer string, log zerolog.Logger, m *metrics.Metrics) workers.Config {
+	return workers.Config{
+		Stream:       a.ks.Stream(StreamName),
+		Group:        StreamGroup,
+		Consumer:     consumer,
+		DeadLetter:   a.ks.DeadLetter(StreamName),
+		BatchHandler: a.HandleBatch,
+		BatchSize:    200,
+		Concurrency:  4,
+		Name:         StreamName,
+		Log:          log,
+		Metrics:      m,
+	}
 }
 
 // HandleBatch is the workers.BatchHandler of the usage pool. Entries that do
@@ -129,14 +149,13 @@ const (
 func (a *Aggregator) add(b *scriptArgs, ev *Event) {
 	t := ev.Time.UTC()
 	cost, priced := a.pricing.Cost(ev)
+	hour := t.Format(HourFormat)
 
-	b.argv = append(b.argv, b.key(a.ks.UsageSeen(ev.ID), 0))
+	b.events = append(b.events, b.key(a.ks.UsageSeen(ev.ID), 0))
 
-	// Field deltas; requests always first and always 1 (the script relies
-	// on it to tell a new hash).
-	deltas := b.argv
-	nfAt := len(deltas)
-	deltas = append(deltas, 0, fRequests, 1)
+	// Field deltas; requests always first and always 1.
+	nfAt := len(b.events)
+	b.events = append(b.events, 0, fRequests, 1)
 	nf := 1
 	for _, d := range [...]struct {
 		f int
@@ -149,79 +168,94 @@ func (a *Aggregator) add(b *scriptArgs, ev *Event) {
 		{fLatency, ev.LatencyMs},
 	} {
 		if d.v != 0 {
-			deltas = append(deltas, d.f, d.v)
+			b.events = append(b.events, d.f, d.v)
 			nf++
 		}
 	}
-	deltas[nfAt] = nf
-	b.argv = deltas
+	b.events[nfAt] = nf
 
-	// The dimension values this event counts under.
-	var dims [5]struct{ dim, id string }
-	nd := 0
-	put := func(dim, id string) { dims[nd].dim, dims[nd].id = dim, id; nd++ }
-	put(DimGlobal, GlobalID)
+	// The components: one per dimension value the event counts under.
+	ncAt := len(b.events)
+	b.events = append(b.events, 0)
+	nc := 0
+	comp := func(dim, id string, extra ...string) {
+		b.events = append(b.events, a.component(b, t, hour, dim, id, extra...))
+		nc++
+	}
+	comp(DimGlobal, GlobalID)
 	if ev.KeyID != "" {
-		put(DimKey, ev.KeyID)
+		comp(DimKey, ev.KeyID)
 	}
 	if ev.Model != "" {
-		put(DimModel, ev.Model)
+		if priced {
+			comp(DimModel, ev.Model)
+		} else {
+			comp(DimModel, ev.Model, "unknown")
+		}
 		if ev.KeyID != "" {
-			put(DimKeyModel, KeyModelID(ev.KeyID, ev.Model))
+			comp(DimKeyModel, KeyModelID(ev.KeyID, ev.Model), ev.KeyID, ev.Model)
 		}
 	}
 	if ev.AccountID != "" {
-		put(DimAccount, ev.AccountID)
+		comp(DimAccount, ev.AccountID)
 	}
-
-	buckets := [3]struct {
-		gran, name string
-		expireAt   int64
-	}{
-		{Hour, t.Format(HourFormat), t.Truncate(time.Hour).Add(time.Hour + HourRetention).Unix()},
-		{Day, t.Format(DayFormat), dayStart(t).AddDate(0, 0, 1).Add(DayRetention).Unix()},
-		{Month, t.Format(MonthFormat), monthStart(t).AddDate(0, 1, 0).Add(MonthRetention).Unix()},
-	}
-
-	// Hashes: per dimension, the three buckets and the total.
-	b.argv = append(b.argv, nd*4)
-	for _, d := range dims[:nd] {
-		for _, bk := range buckets {
-			b.argv = append(b.argv, b.key(a.ks.UsageBucket(d.dim, d.id, bk.gran, bk.name), bk.expireAt))
-		}
-		b.argv = append(b.argv, b.key(a.ks.UsageTotal(d.dim, d.id), 0))
-	}
-	b.argv = append(b.argv, ev.Time.UnixMilli())
-
-	// Sorted sets, each incremented by one for this event.
-	nzAt := len(b.argv)
-	b.argv = append(b.argv, 0)
-	nz := 0
-	for _, d := range dims[:nd] {
-		for _, bk := range buckets {
-			b.argv = append(b.argv, b.key(a.ks.UsageIndex(d.dim, bk.gran, bk.name), bk.expireAt), d.id)
-		}
-		b.argv = append(b.argv, b.key(a.ks.UsageTotalIndex(d.dim), 0), d.id)
-		nz += 4
-	}
-	if ev.KeyID != "" && ev.Model != "" {
-		b.argv = append(b.argv, b.key(a.ks.UsageKeyModels(ev.KeyID), 0), ev.Model)
-		nz++
-	}
-	if !priced {
-		b.argv = append(b.argv, b.key(a.ks.UsageUnknownModels(), 0), ev.Model)
-		nz++
-	}
-	b.argv[nzAt] = nz
+	b.events[ncAt] = nc
+	b.events = append(b.events, ev.Time.UnixMilli())
 
 	// The key's token window, which the token limit reads.
 	if tokens := ev.Total(); ev.KeyID != "" && ev.TokenWindowSec > 0 && tokens > 0 {
 		start := TokenWindowStart(t, ev.TokenWindowSec)
 		k := a.ks.UsageTokenWindow(ev.KeyID, ev.TokenWindowSec, start)
-		b.argv = append(b.argv, b.key(k, start+ev.TokenWindowSec), tokens)
+		b.events = append(b.events, b.key(k, start+ev.TokenWindowSec), tokens)
 	} else {
-		b.argv = append(b.argv, 0, 0)
+		b.events = append(b.events, 0, 0)
 	}
+}
+
+// component is the index of the component of one dimension value in the
+// hour of t: its hour, day and month bucket hashes and its total, and the
+// index sorted sets that list it. A key-and-model component (extra: key,
+// model) also lists the model in the key's models; a model component with
+// extra "unknown" lists the model among the unknown ones.
+func (a *Aggregator) component(b *scriptArgs, t time.Time, hour, dim, id string, extra ...string) int {
+	ck := dim + "\x00" + id + "\x00" + hour
+	if len(extra) == 1 {
+		ck += "\x00unknown"
+	}
+	if c, ok := b.comps[ck]; ok {
+		return c
+	}
+	buckets := [3]struct {
+		gran, name string
+		expireAt   int64
+	}{
+		{Hour, hour, t.Truncate(time.Hour).Add(time.Hour + HourRetention).Unix()},
+		{Day, t.Format(DayFormat), dayStart(t).AddDate(0, 0, 1).Add(DayRetention).Unix()},
+		{Month, t.Format(MonthFormat), monthStart(t).AddDate(0, 1, 0).Add(MonthRetention).Unix()},
+	}
+	c := &b.compArgs
+	*c = append(*c, 4)
+	for _, bk := range buckets {
+		*c = append(*c, b.key(a.ks.UsageBucket(dim, id, bk.gran, bk.name), bk.expireAt))
+	}
+	*c = append(*c, b.key(a.ks.UsageTotal(dim, id), 0))
+	nzAt := len(*c)
+	*c = append(*c, 4)
+	for _, bk := range buckets {
+		*c = append(*c, b.key(a.ks.UsageIndex(dim, bk.gran, bk.name), bk.expireAt), id)
+	}
+	*c = append(*c, b.key(a.ks.UsageTotalIndex(dim), 0), id)
+	switch len(extra) {
+	case 1:
+		*c = append(*c, b.key(a.ks.UsageUnknownModels(), 0), id)
+		(*c)[nzAt] = 5
+	case 2:
+		*c = append(*c, b.key(a.ks.UsageKeyModels(extra[0]), 0), extra[1])
+		(*c)[nzAt] = 5
+	}
+	b.ncomps++
+	b.comps[ck] = b.ncomps
+	return b.ncomps
 }
 
 func boolInt(b bool) int64 {
@@ -247,7 +281,11 @@ type scriptArgs struct {
 	index    map[string]int
 	expireAt []int64 // by key index - 1; 0: the key does not expire
 	seenTTL  int64
-	argv     []any
+
+	comps    map[string]int // component identity -> 1-based number
+	ncomps   int
+	compArgs []any
+	events   []any
 }
 
 func newScriptArgs(events int, seenTTL int64) *scriptArgs {
@@ -256,7 +294,9 @@ func newScriptArgs(events int, seenTTL int64) *scriptArgs {
 		index:    make(map[string]int, events*8),
 		expireAt: make([]int64, 0, events*8),
 		seenTTL:  seenTTL,
-		argv:     make([]any, 0, events*64),
+		comps:    make(map[string]int, events*2),
+		compArgs: make([]any, 0, events*24),
+		events:   make([]any, 0, events*24),
 	}
 }
 
@@ -272,19 +312,21 @@ func (b *scriptArgs) key(name string, expireAt int64) int {
 	return i
 }
 
-// finish is the complete ARGV: the header, then the events.
+// finish is the complete ARGV: the header, the components, then the events.
 func (b *scriptArgs) finish() []any {
-	head := make([]any, 0, 2+2*len(b.keys))
-	head = append(head, b.seenTTL, 0)
+	argv := make([]any, 0, 3+2*len(b.keys)+len(b.compArgs)+len(b.events))
+	argv = append(argv, b.seenTTL, 0)
 	m := 0
 	for i, at := range b.expireAt {
 		if at > 0 {
-			head = append(head, i+1, strconv.FormatInt(at, 10))
+			argv = append(argv, i+1, strconv.FormatInt(at, 10))
 			m++
 		}
 	}
-	head[1] = m
-	return append(head, b.argv...)
+	argv[1] = m
+	argv = append(argv, b.ncomps)
+	argv = append(argv, b.compArgs...)
+	return append(argv, b.events...)
 }
 
 // applyScript counts a batch of usage events once each.
@@ -298,26 +340,33 @@ func (b *scriptArgs) finish() []any {
 //	[1] seconds a seen marker lives
 //	[2] m, then m pairs (key index, unix time the key expires at): keys
 //	    without a pair never expire
-//	then one group per event, to the end of ARGV:
-//	  seen-marker key index
-//	  nf, then nf pairs (field number in FIELDS, delta); field 1
-//	  (requests) comes first, with delta 1
+//	nc, then nc components (one dimension value in one hour), each:
 //	  nh, then nh hash key indices; hashes without an expiry are totals,
 //	  which also get last_used
+//	  nz, then nz pairs (sorted-set key index, member); the member's score
+//	  grows by the component's new events
+//	then one group per event, to the end of ARGV:
+//	  seen-marker key index
+//	  nf, then nf pairs (field number in FIELDS, delta)
+//	  ne, then ne component numbers (1-based) the event counts under
 //	  last_used (unix ms of the event)
-//	  nz, then nz pairs (sorted-set key index, member), each incremented by 1
 //	  token-window key index (0: none), tokens to add to it
 //
 // Events whose seen marker already exists are skipped (SET NX). The new
-// events are folded in Lua first, so every distinct key and field gets one
-// command however many events touch it. A hash or counter gets its expiry
-// when the batch created it (the requests field, or the counter, equals what
-// the batch added); sorted sets get theirs on every batch. The expiry is set
-// after the increments, so an expiry in the past deletes the key rather than
-// leaving a key without one.
+// events are summed per component in Lua, the components per key; then each
+// distinct hash is read once (HMGET) and written once (HSET of the new sums),
+// and each sorted set is read once (ZMSCORE) and written once (ZADD): the
+// script is atomic, so this is an increment, with two commands per key
+// instead of one per field. A sum that would reach 2^53, where Lua numbers
+// stop being exact, is added with HINCRBY instead. A hash or counter gets its
+// expiry when the batch created it; sorted sets get theirs on every batch.
+// The expiry is set after the writes, so an expiry in the past deletes the
+// key rather than leaving one without an expiry.
 //
 // Returns the number of events counted (not seen before).
-var applyScript = redis.NewScript(`
+var applyScript = redis.NewScript(scriptSrc)
+
+const scriptSrc = `
 local FIELDS = {'requests', 'errors', 'input_tokens', 'output_tokens', 'cache_create_tokens',
   'cache_read_tokens', 'images', 'cost_nanos', 'estimated', 'latency_ms_sum'}
 local seenTTL = ARGV[1]
@@ -328,59 +377,46 @@ for _ = 1, tonumber(ARGV[2]) do
   p = p + 2
 end
 
-local hacc, horder, last = {}, {}, {}
-local zacc, zorder = {}, {}
-local tacc, torder = {}, {}
+-- Components: where they start in ARGV; their sums start at zero.
+local nc = tonumber(ARGV[p])
+p = p + 1
+local cstart, cacc, clast = {}, {}, {}
+for c = 1, nc do
+  cstart[c] = p
+  cacc[c] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+  clast[c] = 0
+  local nh = tonumber(ARGV[p])
+  p = p + 1 + nh
+  p = p + 1 + 2 * tonumber(ARGV[p])
+end
+
+-- Events: new ones are added to their components.
 local applied = 0
+local tacc, torder = {}, {}
 local n = #ARGV
-local deltas = {}
 while p <= n do
   local seen = tonumber(ARGV[p])
   local nf = tonumber(ARGV[p + 1])
   local fp = p + 2
   p = fp + 2 * nf
-  local nh = tonumber(ARGV[p])
-  local hp = p + 1
-  p = hp + nh
+  local ne = tonumber(ARGV[p])
+  local ep = p + 1
+  p = ep + ne
   local lu = tonumber(ARGV[p])
-  local nz = tonumber(ARGV[p + 1])
-  local zp = p + 2
-  p = zp + 2 * nz
-  local tw, tokens = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
-  p = p + 2
-
+  local tw, tokens = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+  p = p + 3
   if redis.call('SET', KEYS[seen], '1', 'NX', 'EX', seenTTL) then
     applied = applied + 1
-    for j = 1, nf do
-      deltas[j * 2 - 1] = tonumber(ARGV[fp + 2 * j - 2])
-      deltas[j * 2] = tonumber(ARGV[fp + 2 * j - 1])
-    end
-    for j = hp, hp + nh - 1 do
-      local k = tonumber(ARGV[j])
-      local acc = hacc[k]
-      if not acc then
-        acc = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-        hacc[k] = acc
-        horder[#horder + 1] = k
+    for j = ep, ep + ne - 1 do
+      local c = tonumber(ARGV[j])
+      local acc = cacc[c]
+      for q = fp, fp + 2 * nf - 1, 2 do
+        local f = tonumber(ARGV[q])
+        acc[f] = acc[f] + tonumber(ARGV[q + 1])
       end
-      for q = 1, 2 * nf, 2 do
-        local f = deltas[q]
-        acc[f] = acc[f] + deltas[q + 1]
+      if clast[c] < lu then
+        clast[c] = lu
       end
-      if not exp[k] and (last[k] or 0) < lu then
-        last[k] = lu
-      end
-    end
-    for j = zp, zp + 2 * nz - 1, 2 do
-      local k = tonumber(ARGV[j])
-      local members = zacc[k]
-      if not members then
-        members = {}
-        zacc[k] = members
-        zorder[#zorder + 1] = k
-      end
-      local m = ARGV[j + 1]
-      members[m] = (members[m] or 0) + 1
     end
     if tw > 0 then
       if not tacc[tw] then
@@ -392,29 +428,90 @@ while p <= n do
   end
 end
 
+-- Components with new events, summed per key.
+local hacc, horder, last = {}, {}, {}
+local zacc, zmembers, zorder = {}, {}, {}
+for c = 1, nc do
+  local acc = cacc[c]
+  if acc[1] > 0 then
+    local q = cstart[c]
+    local nh = tonumber(ARGV[q])
+    for j = q + 1, q + nh do
+      local k = tonumber(ARGV[j])
+      local h = hacc[k]
+      if not h then
+        h = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+        hacc[k] = h
+        horder[#horder + 1] = k
+      end
+      for f = 1, 10 do
+        h[f] = h[f] + acc[f]
+      end
+      if not exp[k] and (last[k] or 0) < clast[c] then
+        last[k] = clast[c]
+      end
+    end
+    q = q + 1 + nh
+    for j = q + 1, q + 2 * tonumber(ARGV[q]), 2 do
+      local k, m = tonumber(ARGV[j]), ARGV[j + 1]
+      local counts = zacc[k]
+      if not counts then
+        counts = {}
+        zacc[k] = counts
+        zmembers[k] = {}
+        zorder[#zorder + 1] = k
+      end
+      if not counts[m] then
+        counts[m] = 0
+        zmembers[k][#zmembers[k] + 1] = m
+      end
+      counts[m] = counts[m] + acc[1]
+    end
+  end
+end
+
+local BIG = 9007199254740992 -- 2^53: above it a Lua number is no longer exact
 for _, k in ipairs(horder) do
   local key, acc = KEYS[k], hacc[k]
-  local fresh = redis.call('HINCRBY', key, 'requests', acc[1]) == acc[1]
-  for f = 2, 10 do
-    if acc[f] ~= 0 then
-      redis.call('HINCRBY', key, FIELDS[f], string.format('%d', acc[f]))
+  local cur = redis.call('HMGET', key, FIELDS[1], FIELDS[2], FIELDS[3], FIELDS[4], FIELDS[5],
+    FIELDS[6], FIELDS[7], FIELDS[8], FIELDS[9], FIELDS[10], 'last_used')
+  local set, ns = {}, 0
+  for f = 1, 10 do
+    local d = acc[f]
+    if d ~= 0 then
+      local v = (tonumber(cur[f]) or 0) + d
+      if v < BIG then
+        set[ns + 1] = FIELDS[f]
+        set[ns + 2] = string.format('%d', v)
+        ns = ns + 2
+      else
+        redis.call('HINCRBY', key, FIELDS[f], string.format('%d', d))
+      end
     end
   end
   local lu = last[k]
-  if lu then
-    local cur = tonumber(redis.call('HGET', key, 'last_used') or '0')
-    if cur < lu then
-      redis.call('HSET', key, 'last_used', string.format('%d', lu))
-    end
+  if lu and (tonumber(cur[11]) or 0) < lu then
+    set[ns + 1] = 'last_used'
+    set[ns + 2] = string.format('%d', lu)
+    ns = ns + 2
   end
-  if fresh and exp[k] then
+  redis.call('HSET', key, unpack(set))
+  if not cur[1] and exp[k] then
     redis.call('EXPIREAT', key, exp[k])
   end
 end
 for _, k in ipairs(zorder) do
-  local key = KEYS[k]
-  for m, c in pairs(zacc[k]) do
-    redis.call('ZINCRBY', key, c, m)
+  local key, counts, members = KEYS[k], zacc[k], zmembers[k]
+  for lo = 1, #members, 500 do
+    local hi = math.min(lo + 499, #members)
+    local cur = redis.call('ZMSCORE', key, unpack(members, lo, hi))
+    local add = {}
+    for i = lo, hi do
+      local m = members[i]
+      add[2 * (i - lo) + 1] = (tonumber(cur[i - lo + 1]) or 0) + counts[m]
+      add[2 * (i - lo) + 2] = m
+    end
+    redis.call('ZADD', key, unpack(add))
   end
   if exp[k] then
     redis.call('EXPIREAT', key, exp[k])
@@ -427,4 +524,4 @@ for _, k in ipairs(torder) do
   end
 end
 return applied
-`)
+`

@@ -122,7 +122,7 @@ func TestReaderRangeAndSeries(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(wantS) {
 		t.Errorf("hourly series %v, want %v", got, wantS)
 	}
-	days, err := rd.Series(ctx, DimKey, "bob", Day, h.AddDate(0, 0, -1), h)
+	days, err := rd.Series(ctx, DimKey, "bob", Day, h.AddDate(0, 0, -1), h.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
