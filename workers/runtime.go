@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -383,6 +384,16 @@ func Publish(ctx context.Context, rdb redis.Cmdable, stream string, values map[s
 		args = append(args, k, v)
 	}
 	return rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: args}).Result()
+}
+
+// ConsumerName returns a consumer name unique to this process: host name,
+// process id and a random suffix (a restarted container may reuse the pid).
+func ConsumerName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "relay"
+	}
+	return fmt.Sprintf("%s-%d-%04x", host, os.Getpid(), rand.IntN(1<<16))
 }
 
 func count(c prometheus.Counter, n int) {
