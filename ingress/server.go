@@ -54,6 +54,8 @@ type Deps struct {
 	Anthropic    *anthropic.Client
 	ClaudeOAuth  *anthropic.OAuth
 	ClaudeTokens ClaudeTokens
+	// VS serves the OpenAI-compatible routes; without it they answer 503.
+	VS *VerticalStudio
 }
 
 // Server is the HTTP server. Start it once; Stop it once or more.
@@ -67,6 +69,7 @@ type Server struct {
 	started time.Time
 	keys    *apikeys.Store
 	admin   *adminauth.Auth
+	vs      *VerticalStudio
 
 	sched        *accounts.Scheduler
 	anthropic    *anthropic.Client
@@ -95,6 +98,7 @@ func New(d Deps) *Server {
 	}
 	s.keys, s.admin = d.Keys, d.Admin
 	s.sched, s.anthropic, s.claudeOAuth, s.claudeTokens = d.Scheduler, d.Anthropic, d.ClaudeOAuth, d.ClaudeTokens
+	s.vs = d.VS
 	if s.keys == nil && d.Redis != nil {
 		s.keys = apikeys.NewStore(d.Redis, keyspace.New(d.Config.Redis.KeyPrefix), apikeys.Options{
 			Prefix: d.Config.APIKeyPrefix, CacheTTL: d.Config.KeyCacheTTL, Log: d.Log})
@@ -128,6 +132,7 @@ func (s *Server) routes() {
 	s.app.Get("/metrics", s.handleMetrics())
 	s.keyInfoRoutes()
 	s.anthropicRoutes()
+	s.openAIRoutes()
 	s.adminRoutes()
 }
 

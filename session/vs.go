@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -171,6 +172,11 @@ func (s *VS) Cookie(ctx context.Context) (vs.Cookie, error) {
 		s.mu.Unlock()
 		if ck.Value != "" {
 			return ck, nil
+		}
+		if strings.HasPrefix(state, "failed") {
+			// The last login failed: answer now rather than hold the request
+			// until the next attempt.
+			return vs.Cookie{}, &vs.Error{Kind: vs.KindNotReady, Op: "session", Msg: state}
 		}
 		select {
 		case <-wait.Done():
