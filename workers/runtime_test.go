@@ -212,6 +212,9 @@ func TestNewValidates(t *testing.T) {
 		c.MaxDeliveries != 5 || c.TrimAge != 24*time.Hour || c.HandlerTimeout != 30*time.Second || c.StopGrace != 5*time.Second || c.Name != "jobs" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
+	if name := ConsumerName(); !strings.Contains(name, "-"+strconv.Itoa(os.Getpid())+"-") {
+		t.Fatalf("consumer name %q does not name this process", name)
+	}
 	p.Stop() // a pool that never started stops at once
 	if err := p.Start(context.Background()); err == nil {
 		t.Fatal("a stopped pool started again")
