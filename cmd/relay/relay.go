@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -18,6 +20,8 @@ import (
 	"github.com/relaydev/relay/internal/redisconn"
 	"github.com/relaydev/relay/internal/secretbox"
 	"github.com/relaydev/relay/session"
+	"github.com/relaydev/relay/usage"
+	"github.com/relaydev/relay/workers"
 )
 
 // service is a long-running part of the relay.
@@ -86,6 +90,26 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 	})
 	r.services = append(r.services, claudeTokens)
 
+	// Usage accounting: the recorder puts one event per request on the usage
+	// stream, and the usage pool folds them into the aggregates. In reverse
+	// order the HTTP server stops first, then the pool, and the recorder
+	// last, so it flushes the events of the last requests.
+	pricing, err := usage.LoadPricing(cfg.PricingFile)
+	if err != nil {
+		return nil, err
+	}
+	recorder := usage.NewRecorder(conn.Client, usage.RecorderConfig{
+		Stream: ks.Stream(usage.StreamName), Log: log.With().Str("component", "usage").Logger(), Metrics: m})
+	r.services = append(r.services, recorder)
+	aggregator := usage.NewAggregator(conn.Client, ks, pricing, usage.AggregatorConfig{},
+		log.With().Str("component", "usage").Logger())
+	usagePool, err := workers.New(conn.Client,
+		aggregator.PoolConfig(workerConsumerName(), log.With().Str("component", "usage-pool").Logger(), m))
+	if err != nil {
+		return nil, fmt.Errorf("usage pool: %w", err)
+	}
+	r.services = append(r.services, usagePool)
+
 	srv := ingress.New(ingress.Deps{
 		Config:  cfg,
 		Log:     log.With().Str("component", "http").Logger(),
@@ -93,6 +117,7 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		Metrics: m,
 		Keys:    keys,
 		Admin:   admin,
+		Usage:   recorder,
 
 		Scheduler:    sched,
 		Anthropic:    anthropic.NewClient(cfg.Claude.BaseURL, cfg.Claude.UpstreamTimeout),
@@ -127,4 +152,14 @@ func (r *relay) stop() {
 	case <-time.After(2 * time.Minute):
 		r.log.Error().Msg("shutdown did not finish in two minutes; exiting anyway")
 	}
+}
+
+// workerConsumerName names this process in the worker pools' consumer
+// groups: unique per process (host and pid), readable in XINFO.
+func workerConsumerName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "relay"
+	}
+	return host + "-" + strconv.Itoa(os.Getpid())
 }
