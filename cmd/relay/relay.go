@@ -90,6 +90,19 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 	})
 	r.services = append(r.services, claudeTokens)
 
+	// Vertical Studio (only with VS_EMAIL and VS_PASSWORD): the shared
+	// session and the archive pool start before the HTTP server.
+	var vsDeps *ingress.VerticalStudio
+	var health []ingress.HealthCheck
+	if cfg.VS.Enabled() {
+		v, err := assembleVS(cfg, conn.Client, ks, acctBox, m, log)
+		if err != nil {
+			return nil, err
+		}
+		r.services = append(r.services, v.session, v.archive)
+		vsDeps, health = v.deps, append(health, v.health)
+	}
+
 	// Usage accounting: the recorder puts one event per request on the usage
 	// stream, and the usage pool folds them into the aggregates. In reverse
 	// order the HTTP server stops first, then the pool, and the recorder
@@ -118,6 +131,8 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		Keys:    keys,
 		Admin:   admin,
 		Usage:   recorder,
+		VS:      vsDeps,
+		Health:  health,
 
 		Scheduler:    sched,
 		Anthropic:    anthropic.NewClient(cfg.Claude.BaseURL, cfg.Claude.UpstreamTimeout),

@@ -101,6 +101,7 @@ type VerticalStudio struct {
 	ImageMapping    string        // VS_IMAGE_MODEL_MAPPING: JSON object, or a path to a JSON file
 	HistoryChars    int           // VS_HISTORY_CHARS: transcript cap sent upstream
 	ImageTimeout    time.Duration // IMAGE_TIMEOUT: how long an image request waits for its jobs
+	MaxBodyBytes    int           // VS_MAX_BODY_BYTES: largest /v1/chat/completions body accepted
 }
 
 // Enabled reports whether Vertical Studio credentials were given.
@@ -143,6 +144,7 @@ func Load(getenv func(string) string) (Config, error) {
 			ImageMapping:    e.str("VS_IMAGE_MODEL_MAPPING", ""),
 			HistoryChars:    e.intRange("VS_HISTORY_CHARS", 100_000, 1_000, 10_000_000),
 			ImageTimeout:    e.duration("IMAGE_TIMEOUT", 120*time.Second),
+			MaxBodyBytes:    e.intRange("VS_MAX_BODY_BYTES", 4<<20, 1<<10, 1<<30),
 		},
 		PricingFile: e.str("PRICING_FILE", ""),
 		Claude: Claude{
