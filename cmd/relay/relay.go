@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -117,7 +115,7 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 	aggregator := usage.NewAggregator(conn.Client, ks, pricing, usage.AggregatorConfig{},
 		log.With().Str("component", "usage").Logger())
 	usagePool, err := workers.New(conn.Client,
-		aggregator.PoolConfig(workerConsumerName(), log.With().Str("component", "usage-pool").Logger(), m))
+		aggregator.PoolConfig(workers.ConsumerName(), log.With().Str("component", "usage-pool").Logger(), m))
 	if err != nil {
 		return nil, fmt.Errorf("usage pool: %w", err)
 	}
@@ -167,14 +165,4 @@ func (r *relay) stop() {
 	case <-time.After(2 * time.Minute):
 		r.log.Error().Msg("shutdown did not finish in two minutes; exiting anyway")
 	}
-}
-
-// workerConsumerName names this process in the worker pools' consumer
-// groups: unique per process (host and pid), readable in XINFO.
-func workerConsumerName() string {
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "relay"
-	}
-	return host + "-" + strconv.Itoa(os.Getpid())
 }
