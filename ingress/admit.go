@@ -64,7 +64,8 @@ func (s *Server) requireKey(service string) fiber.Handler {
 	}
 }
 
-// apiKey is the key requireKey stored for this request (nil if none).
+// apiKey is the key requireKey stored for this request (nil if none). It is
+// shared with the key cache: read it, never change it.
 func apiKey(c *fiber.Ctx) *apikeys.Key {
 	k, _ := c.Locals(localAPIKey).(*apikeys.Key)
 	return k
