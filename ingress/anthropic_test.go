@@ -87,7 +87,9 @@ type claudeRig struct {
 	admin    *fiber.App
 }
 
-func newClaudeRig(t *testing.T) *claudeRig {
+func newClaudeRig(t *testing.T) *claudeRig { return newClaudeRigWith(t, nil) }
+
+func newClaudeRigWith(t *testing.T, tweak func(*config.Config)) *claudeRig {
 	t.Helper()
 	env := testredis.New(t)
 	ks := keyspace.New(env.Prefix)
@@ -100,6 +102,9 @@ func newClaudeRig(t *testing.T) *claudeRig {
 		Redis:    config.Redis{KeyPrefix: env.Prefix},
 		Claude:   config.Claude{BaseURL: up.URL, UpstreamTimeout: time.Minute},
 		Accounts: config.Accounts{MaxAttempts: 3},
+	}
+	if tweak != nil {
+		tweak(&cfg)
 	}
 	box, err := secretbox.New(strings.Repeat("e", 32))
 	if err != nil {
@@ -613,5 +618,44 @@ func TestClaudeAdminAccountsAndOAuth(t *testing.T) {
 	}
 	if st, _, _ := call("GET", "/admin/accounts/"+cid, nil); st != 404 {
 		t.Fatalf("get deleted %d", st)
+	}
+}
+
+func TestClaudeClientDisconnectCancelsUpstream(t *testing.T) {
+	r := newClaudeRigWith(t, func(c *config.Config) { c.StreamHeartbeat = 20 * time.Millisecond })
+	acct := r.console("main", 50)
+	hold := make(chan struct{})
+	defer close(hold)
+	r.fake.Queue("sk-ant-api03-main", fakeanthropic.Mode{Hold: hold})
+	req, _ := http.NewRequest(http.MethodPost, r.base+"/api/v1/messages",
+		strings.NewReader(`{"model":"claude-sonnet-4-5","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"x"}]}`))
+	req.Header.Set("Authorization", "Bearer "+r.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read until the first text delta arrived, then leave.
+	buf := make([]byte, 4096)
+	var got []byte
+	for !bytes.Contains(got, []byte("content_block_delta")) {
+		n, err := resp.Body.Read(buf)
+		if err != nil {
+			t.Fatalf("stream ended early: %v", err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	resp.Body.Close()
+	// The upstream request is cancelled (the fake's handler returns and
+	// records the call) and the usage event says the client left.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.fake.Calls()) == 0 || len(r.usage.all()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the upstream request was not cancelled after the client left")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ev := r.usage.last(t)
+	if ev.ErrorClass != "client_gone" || !ev.Estimated || ev.InputTokens != 25 || ev.OutputTokens == 0 || ev.AccountID != acct.ID {
+		t.Fatalf("usage %+v", ev)
 	}
 }
