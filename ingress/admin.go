@@ -29,9 +29,8 @@ func (s *Server) adminRoutes() fiber.Router {
 	g.Get("/session", s.handleAdminSession)
 	g.Post("/password", s.handleAdminPassword)
 	s.adminKeyRoutes(g)
-	// LEAD: mount the other admin route sets here, behind requireAdmin:
-	//   s.usageAdminRoutes(g)
-	//   s.accountAdminRoutes(g)
+	s.usageAdminRoutes(g)
+	s.accountAdminRoutes(g)
 	return g
 }
 
