@@ -118,9 +118,21 @@ func New(d Deps) *Server {
 		// Handlers copy what they keep beyond the request (stream writers run
 		// after the handler returned, on a reused context).
 		Immutable: false,
+		// Behind a trusted load balancer the client is the one it names.
+		EnableTrustedProxyCheck: len(d.Config.TrustedProxies) > 0,
+		TrustedProxies:          d.Config.TrustedProxies,
+		ProxyHeader:             proxyHeader(d.Config.TrustedProxies),
+		EnableIPValidation:      true,
 	})
 	s.routes()
 	return s
+}
+
+func proxyHeader(trusted []string) string {
+	if len(trusted) == 0 {
+		return ""
+	}
+	return fiber.HeaderXForwardedFor
 }
 
 // App exposes the Fiber app, for tests that drive it in-process.

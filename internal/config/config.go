@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -45,6 +46,11 @@ type Config struct {
 	VS VerticalStudio
 
 	PricingFile string // PRICING_FILE: JSON that overrides the shipped prices
+
+	// TrustedProxies are the load balancers whose X-Forwarded-For names the
+	// client (TRUSTED_PROXIES: comma-separated IPs or CIDRs). Without them the
+	// client is the connection's peer.
+	TrustedProxies []string
 
 	Claude   Claude
 	Accounts Accounts
@@ -146,7 +152,8 @@ func Load(getenv func(string) string) (Config, error) {
 			ImageTimeout:    e.duration("IMAGE_TIMEOUT", 120*time.Second),
 			MaxBodyBytes:    e.intRange("VS_MAX_BODY_BYTES", 4<<20, 1<<10, 1<<30),
 		},
-		PricingFile: e.str("PRICING_FILE", ""),
+		PricingFile:    e.str("PRICING_FILE", ""),
+		TrustedProxies: e.proxies("TRUSTED_PROXIES"),
 		Claude: Claude{
 			BaseURL:           e.absURLDefault("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
 			OAuthClientID:     e.str("CLAUDE_OAUTH_CLIENT_ID", "9d1c250a-e61b-44d9-88ed-5944d1962f5e"),
@@ -316,6 +323,21 @@ func (e *env) redisURL(name string) string {
 		return ""
 	}
 	return v
+}
+
+func (e *env) proxies(name string) []string {
+	var out []string
+	for _, p := range strings.Split(e.str(name, ""), ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		if _, _, err := net.ParseCIDR(p); err != nil && net.ParseIP(p) == nil {
+			e.fail(name, "%q is not an IP address or CIDR", p)
+			return nil
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 func (e *env) keyPrefix(name, def string) string {

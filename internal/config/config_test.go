@@ -63,6 +63,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"API_KEY_PREFIX": "cr key"}, "API_KEY_PREFIX"},
 		{map[string]string{"KEY_CACHE_TTL": "5s"}, "KEY_CACHE_TTL"},
 		{map[string]string{"VS_EMAIL": "a@b.c"}, "VS_EMAIL"},
+		{map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8,proxy.local"}, "TRUSTED_PROXIES"},
 		{map[string]string{"REDIS_HOST": "r", "JWT_SECRET": "short", "ENCRYPTION_KEY": secret}, "JWT_SECRET"},
 		{map[string]string{"REDIS_HOST": "r", "JWT_SECRET": secret}, "ENCRYPTION_KEY"},
 	} {
