@@ -55,7 +55,7 @@ func (r *captureRecorder) all() []usage.Event {
 
 // vsRig is the fake upstream, a Redis, and relay instances in front of them.
 type vsRig struct {
-	t     *testing.T
+	t     testing.TB
 	env   *testredis.Env
 	fake  *fakevs.Fake
 	fakeU string
@@ -72,7 +72,9 @@ type relayInstance struct {
 	client  openai.Client
 }
 
-func newVSRig(t *testing.T, o fakevs.Options) *vsRig {
+func newVSRig(t *testing.T, o fakevs.Options) *vsRig { return newVSRigB(t, o) }
+
+func newVSRigB(t testing.TB, o fakevs.Options) *vsRig {
 	t.Helper()
 	env := testredis.New(t)
 	f := fakevs.New(o)
@@ -151,7 +153,7 @@ func (r *vsRig) relay() *relayInstance {
 
 func TestMain(m *testing.M) { testredis.Main(m) }
 
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
