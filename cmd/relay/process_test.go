@@ -228,3 +228,82 @@ func TestBadConfigStopsWithOneLine(t *testing.T) {
 		t.Fatalf("stderr = %q, want one line naming PORT", out)
 	}
 }
+
+// doJSON sends a JSON request and decodes a JSON answer into out.
+func doJSON(t *testing.T, method, url, bearer string, in, out any) int {
+	t.Helper()
+	var body io.Reader
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		_ = json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
+// With a real Redis, a restart loses nothing: keys made before it still work,
+// admin sessions still hold, and the admin password set through the API stays.
+func TestRestartKeepsState(t *testing.T) {
+	srv := testredis.StartServer(t, true)
+	env := []string{"REDIS_URL=" + srv.URL, "ADMIN_PASSWORD=first-password",
+		"JWT_SECRET=" + strings.Repeat("j", 32), "ENCRYPTION_KEY=" + strings.Repeat("e", 32)}
+	p := startRelay(t, env...)
+
+	var sess struct{ Token string }
+	if code := doJSON(t, "POST", p.URL+"/admin/login", "", map[string]string{"username": "admin", "password": "first-password"}, &sess); code != 200 || sess.Token == "" {
+		t.Fatalf("login = %d", code)
+	}
+	var created struct {
+		Key  string
+		Data struct{ ID string }
+	}
+	if code := doJSON(t, "POST", p.URL+"/admin/keys", sess.Token, map[string]any{"name": "survives"}, &created); code != 201 || created.Key == "" {
+		t.Fatalf("create key = %d", code)
+	}
+	if code := doJSON(t, "POST", p.URL+"/admin/password", sess.Token,
+		map[string]string{"current_password": "first-password", "new_password": "second-password-123"}, &sess); code != 200 {
+		t.Fatalf("change password = %d", code)
+	}
+	if code := p.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	// Restart Redis as well (it persists to its append-only file), then the relay.
+	srv.Stop()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p = startRelay(t, env...)
+	if code := doJSON(t, "GET", p.URL+"/v1/key-info", created.Key, nil, nil); code != 200 {
+		t.Fatalf("key made before the restart: key-info = %d", code)
+	}
+	if code := doJSON(t, "GET", p.URL+"/admin/keys/"+created.Data.ID, sess.Token, nil, nil); code != 200 {
+		t.Fatalf("admin session from before the restart: %d", code)
+	}
+	if code := doJSON(t, "POST", p.URL+"/admin/login", "", map[string]string{"username": "admin", "password": "first-password"}, nil); code != 401 {
+		t.Fatalf("ADMIN_PASSWORD overwrote the changed password: old password login = %d", code)
+	}
+	if code := doJSON(t, "POST", p.URL+"/admin/login", "", map[string]string{"username": "admin", "password": "second-password-123"}, nil); code != 200 {
+		t.Fatalf("changed password after restart = %d", code)
+	}
+	for _, secret := range []string{created.Key, "first-password", "second-password-123", sess.Token} {
+		if strings.Contains(p.Logs(), secret) {
+			t.Errorf("a secret appears in the logs")
+		}
+	}
+}
