@@ -141,6 +141,12 @@ type Fake struct {
 	loginDown int   // status the password step answers with (0: normal)
 	gone      chan string
 	mux       *http.ServeMux
+
+	// image flow (images.go)
+	img        ImageBehaviour
+	imgStats   ImageStats
+	imgRunning map[string]int    // generations running, by prompt
+	generated  map[string][]byte // images handed out as URLs, by id
 }
 
 // New returns a fake with o.
@@ -157,6 +163,7 @@ func New(o Options) *Fake {
 	f := &Fake{
 		opts: o, sessions: map[string]bool{}, prompts: map[string]bool{}, chats: map[string]*Chat{},
 		byPath: map[string]int{}, gone: make(chan string, 1024),
+		imgRunning: map[string]int{}, generated: map[string][]byte{},
 	}
 	f.routes()
 	return f
@@ -269,6 +276,7 @@ func (f *Fake) routes() {
 	m.HandleFunc("GET /stream/models/{slug}", f.authed(f.newModelChat))
 	m.HandleFunc("POST /api/chat", f.authed(f.chat))
 	m.HandleFunc("POST /api/chat/archive.data", f.authed(f.archive))
+	f.imageRoutes(m)
 	f.mux = m
 }
 

@@ -246,7 +246,12 @@ func (f *Fake) chat(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	c.Requests = append(c.Requests, req)
 	f.mu.Unlock()
-	script := o.Reply(req)
+	var script Script
+	if req.CornerType == "image" {
+		script = f.imageScript(r.Context(), req, requestBase(r))
+	} else {
+		script = o.Reply(req)
+	}
 
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Vercel-AI-Data-Stream", "v1")
