@@ -43,11 +43,14 @@ create options:
 
 // runCommand runs a command-line subcommand instead of the server.
 func runCommand(ctx context.Context, cfg config.Config, log zerolog.Logger, args []string, stdout, stderr io.Writer) int {
-	if args[0] != "keys" {
-		fmt.Fprintf(stderr, "relay: unknown command %q (try: relay keys help)\n", args[0])
-		return 2
+	switch args[0] {
+	case "keys":
+		return runKeys(ctx, cfg, log, args[1:], stdout, stderr)
+	case "healthcheck":
+		return runHealthcheck(ctx, cfg, stdout, stderr)
 	}
-	return runKeys(ctx, cfg, log, args[1:], stdout, stderr)
+	fmt.Fprintf(stderr, "relay: unknown command %q (try: relay keys help, or relay healthcheck)\n", args[0])
+	return 2
 }
 
 func runKeys(ctx context.Context, cfg config.Config, log zerolog.Logger, args []string, stdout, stderr io.Writer) int {

@@ -176,8 +176,19 @@ func TestEmbeddedRedisServesHealth(t *testing.T) {
 	if !strings.Contains(string(body), `relay_http_requests_total{method="GET",route="/health",status="200"}`) {
 		t.Errorf("/metrics does not count the /health request:\n%.2000s", body)
 	}
+	// The Docker HEALTHCHECK command asks the same relay.
+	hc := exec.Command(relayBinary(t), "healthcheck")
+	hc.Env = p.cmd.Env
+	if out, err := hc.CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "200 ") {
+		t.Errorf("relay healthcheck = %v: %s", err, out)
+	}
 	if code := p.stop(); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	hc = exec.Command(relayBinary(t), "healthcheck")
+	hc.Env = p.cmd.Env
+	if err := hc.Run(); err == nil {
+		t.Error("relay healthcheck succeeds with the relay stopped")
 	}
 }
 
