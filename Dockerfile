@@ -13,6 +13,7 @@ RUN go build -trimpath -ldflags="-s -w" -o /out/relay ./cmd/relay \
 # The fake upstream, for docker-compose and local trials.
 FROM gcr.io/distroless/static-debian12:nonroot AS fakeupstream
 COPY --from=build /out/fakeupstream /fakeupstream
+ENV FAKE_ADDR=:8080
 USER nonroot:nonroot
 EXPOSE 8080
 ENTRYPOINT ["/fakeupstream"]
