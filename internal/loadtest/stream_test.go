@@ -26,7 +26,7 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 func TestReadSSECountsEventsAndMerges(t *testing.T) {
 	r := &chunkReader{chunks: []string{
 		"event: a\ndata: {}\n\n",
-		": keep-alive\n", // a heartbeat is not an event
+		": keep-alive\n",                               // a heartbeat is not an event
 		"event: b\ndata: {}\n\nevent: c\ndata: {}\n\n", // two events in one read
 		"data: split", " across reads\r\n\r\n",
 	}}
