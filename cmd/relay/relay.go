@@ -51,6 +51,9 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 	}
 	m := metrics.New()
 	r := &relay{log: log, redis: conn}
+	if cfg.PprofAddr != "" {
+		r.services = append(r.services, newPprofServer(cfg.PprofAddr, log.With().Str("component", "pprof").Logger()))
+	}
 
 	ks := keyspace.New(cfg.Redis.KeyPrefix)
 	keys := apikeys.NewStore(conn.Client, ks, apikeys.Options{

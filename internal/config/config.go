@@ -47,6 +47,10 @@ type Config struct {
 
 	PricingFile string // PRICING_FILE: JSON that overrides the shipped prices
 
+	// PprofAddr serves Go's pprof profiles on this loopback address
+	// (PPROF_ADDR, e.g. 127.0.0.1:6060); empty, the default, serves none.
+	PprofAddr string
+
 	// TrustedProxies are the load balancers whose X-Forwarded-For names the
 	// client (TRUSTED_PROXIES: comma-separated IPs or CIDRs). Without them the
 	// client is the connection's peer.
@@ -153,6 +157,7 @@ func Load(getenv func(string) string) (Config, error) {
 			MaxBodyBytes:    e.intRange("VS_MAX_BODY_BYTES", 4<<20, 1<<10, 1<<30),
 		},
 		PricingFile:    e.str("PRICING_FILE", ""),
+		PprofAddr:      e.str("PPROF_ADDR", ""),
 		TrustedProxies: e.proxies("TRUSTED_PROXIES"),
 		Claude: Claude{
 			BaseURL:           e.absURLDefault("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
@@ -187,6 +192,9 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if err := c.secrets(); err != nil {
 		return Config{}, err
+	}
+	if err := loopbackAddr(c.PprofAddr); err != nil {
+		return Config{}, fmt.Errorf("PPROF_ADDR: %w", err)
 	}
 	return c, nil
 }
@@ -353,4 +361,23 @@ func (e *env) keyPrefix(name, def string) string {
 		return def
 	}
 	return v
+}
+
+// loopbackAddr checks that addr, when set, is host:port on a loopback
+// address: profiles show internals and must not be reachable from outside.
+func loopbackAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address (use 127.0.0.1:<port>)", addr)
+	}
+	return nil
 }
