@@ -35,7 +35,7 @@ import (
 // the fields job (the job's id), inbox (where its result goes), i (its index
 // in the request), model (the upstream model id), prompt, size (WxH, or empty
 // for the upstream's default), format (url or b64_json), deadline (unix ms:
-// nobody waits after it) and at (enqueue time, unix ms). Nothing secret.
+// nobody waits after it) and at_us (enqueue time, unix µs). Nothing secret.
 const ImageStream = "images"
 
 // Response formats a client may ask for.
@@ -126,7 +126,7 @@ func NewImageQueue(rdb redis.UniversalClient, keys keyspace.Keyspace, inbox stri
 	ctx, cancel := context.WithCancel(context.Background())
 	return &ImageQueue{
 		rdb: rdb, stream: keys.Stream(ImageStream), inbox: inbox, inboxKey: keys.ImageInbox(inbox), log: log,
-		block: 500 * time.Millisecond, waiters: map[string]*imageWait{},
+		block: time.Second, waiters: map[string]*imageWait{},
 		ctx: ctx, cancel: cancel, done: make(chan struct{}),
 	}
 }
@@ -208,14 +208,14 @@ func (q *ImageQueue) Generate(ctx context.Context, r ImageRequest) ([]ImageResul
 		q.mu.Unlock()
 	}()
 
-	at := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	at := strconv.FormatInt(time.Now().UnixMicro(), 10)
 	deadline := strconv.FormatInt(r.Deadline.UnixMilli(), 10)
 	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range r.N {
 			p.XAdd(ctx, &redis.XAddArgs{Stream: q.stream, Values: []string{
 				"job", r.ID + "." + strconv.Itoa(i), "inbox", q.inbox, "i", strconv.Itoa(i),
 				"model", r.Model, "prompt", r.Prompt, "size", r.Size, "format", r.Format,
-				"deadline", deadline, "at", at,
+				"deadline", deadline, "at_us", at,
 			}})
 		}
 		return nil
