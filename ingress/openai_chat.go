@@ -44,6 +44,10 @@ type ChatArchiver interface {
 
 const defaultChatBodyLimit = 4 << 20
 
+// VerticalStudioAccount is the account id usage events of the
+// OpenAI-compatible routes carry: the one Vertical Studio account.
+const VerticalStudioAccount = "vertical-studio"
+
 // chatRequest is the part of an OpenAI chat completion request the relay uses.
 type chatRequest struct {
 	Model        string
@@ -221,7 +225,7 @@ func (s *Server) handleChatCompletions(c *fiber.Ctx) error {
 		prompt: system + prompt, start: start, adm: adm, ctx: ctx, cancel: cancel,
 		id: "chatcmpl-" + strings.ReplaceAll(uuid.NewString(), "-", ""), created: start.Unix(),
 		ev: usage.Event{
-			ID: uuid.NewString(), RequestID: requestID(c), Time: start, KeyID: adm.KeyID,
+			ID: uuid.NewString(), RequestID: requestID(c), Time: start, KeyID: adm.KeyID, AccountID: VerticalStudioAccount,
 			Service: usage.ServiceOpenAI, Model: req.Model, UpstreamModel: model.Upstream,
 			TokenWindowSec: adm.TokenWindowSec,
 		},

@@ -117,8 +117,9 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 	r.services = append(r.services, recorder)
 	aggregator := usage.NewAggregator(conn.Client, ks, pricing, usage.AggregatorConfig{},
 		log.With().Str("component", "usage").Logger())
-	usagePool, err := workers.New(conn.Client,
-		aggregator.PoolConfig(workers.ConsumerName(), log.With().Str("component", "usage-pool").Logger(), m))
+	usageCfg := aggregator.PoolConfig(workers.ConsumerName(), log.With().Str("component", "usage-pool").Logger(), m)
+	usageCfg.VisibilityTimeout = cfg.WorkerVisibility
+	usagePool, err := workers.New(conn.Client, usageCfg)
 	if err != nil {
 		return nil, fmt.Errorf("usage pool: %w", err)
 	}

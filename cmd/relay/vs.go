@@ -39,9 +39,11 @@ func assembleVS(cfg config.Config, rdb redis.UniversalClient, ks keyspace.Keyspa
 		Redis: rdb, Keys: ks, Box: box, Client: client, Email: cfg.VS.Email, Password: cfg.VS.Password,
 		RefreshInterval: cfg.VS.RefreshInterval, Log: log.With().Str("component", "vs-session").Logger(),
 	})
-	pool, err := workers.New(rdb, workers.ArchivePoolConfig(ks, workers.ConsumerName(),
+	archiveCfg := workers.ArchivePoolConfig(ks, workers.ConsumerName(),
 		workers.ArchiveHandler(client, sess), cfg.WorkerConcurrency,
-		log.With().Str("component", "archive-pool").Logger(), m))
+		log.With().Str("component", "archive-pool").Logger(), m)
+	archiveCfg.VisibilityTimeout = cfg.WorkerVisibility
+	pool, err := workers.New(rdb, archiveCfg)
 	if err != nil {
 		return nil, fmt.Errorf("archive pool: %w", err)
 	}

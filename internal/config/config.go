@@ -42,6 +42,10 @@ type Config struct {
 	MaxBodyBytes      int           // MAX_BODY_BYTES: largest request body accepted
 	KeyCacheTTL       time.Duration // KEY_CACHE_TTL: in-process cache of key lookups
 	WorkerConcurrency int           // WORKER_CONCURRENCY: handlers per stream pool
+	// WorkerVisibility is how long a stream entry may sit unacknowledged with
+	// a consumer that stopped renewing it (a crashed process) before another
+	// consumer takes it over (WORKER_VISIBILITY_TIMEOUT).
+	WorkerVisibility time.Duration
 
 	VS VerticalStudio
 
@@ -145,6 +149,7 @@ func Load(getenv func(string) string) (Config, error) {
 		MaxBodyBytes:      e.intRange("MAX_BODY_BYTES", 32<<20, 1<<10, 1<<30),
 		KeyCacheTTL:       e.duration("KEY_CACHE_TTL", 500*time.Millisecond),
 		WorkerConcurrency: e.intRange("WORKER_CONCURRENCY", 16, 1, 1024),
+		WorkerVisibility:  e.duration("WORKER_VISIBILITY_TIMEOUT", 30*time.Second),
 		VS: VerticalStudio{
 			Email:           e.str("VS_EMAIL", ""),
 			Password:        e.str("VS_PASSWORD", ""),
