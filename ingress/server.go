@@ -56,6 +56,8 @@ type Deps struct {
 	ClaudeTokens ClaudeTokens
 	// VS serves the OpenAI-compatible routes; without it they answer 503.
 	VS *VerticalStudio
+	// Images serves POST /v1/images/generations; without it that answers 503.
+	Images *Images
 }
 
 // Server is the HTTP server. Start it once; Stop it once or more.
@@ -70,6 +72,7 @@ type Server struct {
 	keys    *apikeys.Store
 	admin   *adminauth.Auth
 	vs      *VerticalStudio
+	images  *Images
 
 	sched        *accounts.Scheduler
 	anthropic    *anthropic.Client
@@ -99,6 +102,7 @@ func New(d Deps) *Server {
 	s.keys, s.admin = d.Keys, d.Admin
 	s.sched, s.anthropic, s.claudeOAuth, s.claudeTokens = d.Scheduler, d.Anthropic, d.ClaudeOAuth, d.ClaudeTokens
 	s.vs = d.VS
+	s.images = d.Images
 	if s.keys == nil && d.Redis != nil {
 		s.keys = apikeys.NewStore(d.Redis, keyspace.New(d.Config.Redis.KeyPrefix), apikeys.Options{
 			Prefix: d.Config.APIKeyPrefix, CacheTTL: d.Config.KeyCacheTTL, Log: d.Log})
@@ -145,6 +149,7 @@ func (s *Server) routes() {
 	s.keyInfoRoutes()
 	s.anthropicRoutes()
 	s.openAIRoutes()
+	s.imageRoutes()
 	s.adminRoutes()
 }
 
