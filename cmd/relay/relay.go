@@ -94,6 +94,7 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 	// Vertical Studio (only with VS_EMAIL and VS_PASSWORD): the shared
 	// session and the archive pool start before the HTTP server.
 	var vsDeps *ingress.VerticalStudio
+	var imageDeps *ingress.Images
 	var health []ingress.HealthCheck
 	if cfg.VS.Enabled() {
 		v, err := assembleVS(cfg, conn.Client, ks, acctBox, m, log)
@@ -102,6 +103,12 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		}
 		r.services = append(r.services, v.session, v.archive)
 		vsDeps, health = v.deps, append(health, v.health)
+		imgs, err := assembleImages(cfg, conn.Client, ks, v, m, log)
+		if err != nil {
+			return nil, err
+		}
+		r.services = append(r.services, imgs.pool, imgs.queue)
+		imageDeps = imgs.deps
 	}
 
 	// Usage accounting: the recorder puts one event per request on the usage
@@ -134,6 +141,7 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		Admin:   admin,
 		Usage:   recorder,
 		VS:      vsDeps,
+		Images:  imageDeps,
 		Health:  health,
 
 		Scheduler:    sched,
