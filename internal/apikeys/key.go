@@ -286,6 +286,10 @@ func hint(prefix, key string) string {
 	return prefix + "…" + key[len(key)-4:]
 }
 
+// maxLifetimeDays is the longest lifetime in days ParseLifetime takes: more
+// would overflow time.Duration (about 292 years) into a negative lifetime.
+const maxLifetimeDays = 100 * 365
+
 // ParseLifetime reads a key lifetime: a Go duration ("36h", "90m") or a
 // number of days ("30d").
 func ParseLifetime(s string) (time.Duration, error) {
@@ -294,6 +298,9 @@ func ParseLifetime(s string) (time.Duration, error) {
 		var n int64
 		if _, err := fmt.Sscanf(d, "%d", &n); err != nil || n <= 0 || fmt.Sprint(n) != d {
 			return 0, fmt.Errorf("%q is not a number of days such as 30d", s)
+		}
+		if n > maxLifetimeDays {
+			return 0, fmt.Errorf("%q is longer than %d days", s, maxLifetimeDays)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
 	}
