@@ -237,8 +237,8 @@ func (s *Server) handleImageGenerations(c *fiber.Ctx) error {
 	if err != nil {
 		e, class := imageFailure(err, s.base, timeout)
 		if class == "" {
-			s.requestLog(c).Error().Err(err).Msg("image request failed")
-			class = "internal_error"
+			s.requestLog(c).Error().Err(err).Msg("could not queue image jobs")
+			class = "redis_unavailable"
 		}
 		finish(e.Status, class, 0)
 		return e
