@@ -1,6 +1,10 @@
 package loadtest
 
 import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -73,4 +77,28 @@ func (s *Sampler) Stop() ProcUsage {
 		s.usage = u
 	})
 	return s.usage
+}
+
+// SystemCPU is the whole machine's busy CPU time so far (all processes,
+// from /proc/stat), to tell how much of the machine other processes used
+// during a run.
+func SystemCPU() (time.Duration, error) {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("unexpected /proc/stat: %q", line)
+	}
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / clockTicks, nil
 }

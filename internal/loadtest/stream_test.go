@@ -73,6 +73,9 @@ func TestSamplerSeesThisProcess(t *testing.T) {
 	if u.RSSMax <= 0 || u.RSSMax < u.RSSEnd || u.CPU <= 0 || u.CPUPercent <= 0 {
 		t.Fatalf("%+v", u)
 	}
+	if c, err := SystemCPU(); err != nil || c < u.CPU {
+		t.Fatalf("system CPU %v (%v) below this process's %v", c, err, u.CPU)
+	}
 	if s.Stop() != u {
 		t.Fatal("second Stop differs")
 	}
