@@ -31,6 +31,7 @@ func (s *Server) adminRoutes() fiber.Router {
 	s.adminKeyRoutes(g)
 	s.usageAdminRoutes(g)
 	s.accountAdminRoutes(g)
+	s.dashboardAdminRoutes(g)
 	return g
 }
 

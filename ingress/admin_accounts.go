@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/relaydev/relay/internal/accounts"
 	"github.com/relaydev/relay/internal/anthropic"
+	"github.com/relaydev/relay/internal/gemini"
 )
 
 // oauthSessionTTL is how long an authorize URL waits for its pasted code.
@@ -28,7 +30,7 @@ const oauthSessionTTL = 15 * time.Minute
 //	POST   /accounts/:id/resume      put back into the pool
 //	POST   /accounts/:id/reset       clear rate limits, pauses and the re-auth mark
 //	POST   /accounts/:id/refresh     refresh an OAuth token now
-//	POST   /accounts/oauth/start     begin the Claude OAuth (PKCE) flow: authorize URL + session id
+//	POST   /accounts/oauth/start     begin the OAuth (PKCE) flow, Claude's or with {"kind":"gemini-oauth"} Google's: authorize URL + session id
 //	POST   /accounts/oauth/exchange  finish it with the pasted code: creates (or re-authorizes) an account
 func (s *Server) accountAdminRoutes(r fiber.Router) {
 	r.Get("/accounts", s.handleAccountList)
@@ -70,6 +72,7 @@ type accountInput struct {
 	AccessToken  *string    `json:"access_token"`
 	RefreshToken *string    `json:"refresh_token"`
 	ExpiresAt    *time.Time `json:"token_expires_at"`
+	Project      *string    `json:"project"`
 }
 
 func (in *accountInput) apply(a *accounts.Account) {
@@ -99,6 +102,9 @@ func (in *accountInput) apply(a *accounts.Account) {
 	}
 	if in.ExpiresAt != nil {
 		a.TokenExpiresAt = in.ExpiresAt.UTC()
+	}
+	if in.Project != nil {
+		a.Project = strings.TrimSpace(*in.Project)
 	}
 }
 
@@ -309,9 +315,6 @@ func (s *Server) handleAccountRefresh(c *fiber.Ctx) error {
 	if err := s.accountsReady(); err != nil {
 		return err
 	}
-	if s.claudeTokens == nil {
-		return Errorf(http.StatusServiceUnavailable, "service_unavailable", "The OAuth token keeper is not running on this relay.")
-	}
 	ctx, cancel := adminCtx(c)
 	defer cancel()
 	id := c.Params("id")
@@ -319,18 +322,29 @@ func (s *Server) handleAccountRefresh(c *fiber.Ctx) error {
 	if err != nil {
 		return s.accountErr(c, err)
 	}
-	if a.Kind != accounts.KindClaudeOAuth {
-		return Errorf(http.StatusBadRequest, "not_oauth", "Only Claude OAuth accounts have tokens to refresh.")
+	if !a.Kind.OAuth() {
+		return Errorf(http.StatusBadRequest, "not_oauth", "Only OAuth accounts (claude-oauth, gemini-oauth) have tokens to refresh.")
+	}
+	keeper := s.claudeTokens
+	if a.Kind == accounts.KindGeminiOAuth {
+		keeper = s.geminiTokens
+	}
+	if keeper == nil {
+		return Errorf(http.StatusServiceUnavailable, "service_unavailable", "The OAuth token keeper is not running on this relay.")
 	}
 	// Passing the current token as the stale one forces a refresh.
 	stale := cur.AccessToken
 	if stale == "" {
 		stale = "-"
 	}
-	if _, err := s.claudeTokens.Refresh(ctx, id, stale); err != nil {
+	if _, err := keeper.Refresh(ctx, id, stale); err != nil {
 		var te *anthropic.TokenError
+		var ge *gemini.TokenError
 		if errors.As(err, &te) {
 			return Errorf(http.StatusBadGateway, "refresh_failed", "The token endpoint refused the refresh: %s. Re-authorize the account.", te.Error())
+		}
+		if errors.As(err, &ge) {
+			return Errorf(http.StatusBadGateway, "refresh_failed", "The token endpoint refused the refresh: %s. Re-authorize the account.", ge.Error())
 		}
 		return Errorf(http.StatusBadGateway, "refresh_failed", "The refresh failed: %s", err.Error())
 	}
@@ -345,9 +359,6 @@ func (s *Server) handleOAuthStart(c *fiber.Ctx) error {
 	if err := s.accountsReady(); err != nil {
 		return err
 	}
-	if s.claudeOAuth == nil {
-		return Errorf(http.StatusServiceUnavailable, "service_unavailable", "Claude OAuth is not configured on this relay.")
-	}
 	var in struct {
 		Kind      string `json:"kind"`
 		AccountID string `json:"account_id"`
@@ -355,8 +366,14 @@ func (s *Server) handleOAuthStart(c *fiber.Ctx) error {
 	if err := decodeAccountJSON(c, &in); err != nil {
 		return err
 	}
+	if in.Kind == string(accounts.KindGeminiOAuth) {
+		return s.googleOAuthStart(c, in.AccountID)
+	}
+	if s.claudeOAuth == nil {
+		return Errorf(http.StatusServiceUnavailable, "service_unavailable", "Claude OAuth is not configured on this relay.")
+	}
 	if in.Kind != "" && in.Kind != string(accounts.KindClaudeOAuth) {
-		return Errorf(http.StatusBadRequest, "invalid_kind", "Only kind claude-oauth has an OAuth flow here.")
+		return Errorf(http.StatusBadRequest, "invalid_kind", "Only kinds claude-oauth and gemini-oauth have an OAuth flow here.")
 	}
 	ctx, cancel := adminCtx(c)
 	defer cancel()
@@ -389,9 +406,6 @@ func (s *Server) handleOAuthExchange(c *fiber.Ctx) error {
 	if err := s.accountsReady(); err != nil {
 		return err
 	}
-	if s.claudeOAuth == nil {
-		return Errorf(http.StatusServiceUnavailable, "service_unavailable", "Claude OAuth is not configured on this relay.")
-	}
 	var in struct {
 		SessionID string `json:"session_id"`
 		Code      string `json:"code"`
@@ -409,6 +423,12 @@ func (s *Server) handleOAuthExchange(c *fiber.Ctx) error {
 	sess, err := store.LoadOAuthSession(ctx, in.SessionID)
 	if err != nil {
 		return s.accountErr(c, err)
+	}
+	if sess.Kind == accounts.KindGeminiOAuth {
+		return s.googleOAuthExchange(ctx, c, in.SessionID, sess, in.Code, in.accountInput)
+	}
+	if s.claudeOAuth == nil {
+		return Errorf(http.StatusServiceUnavailable, "service_unavailable", "Claude OAuth is not configured on this relay.")
 	}
 	code, state := anthropic.CleanCode(in.Code)
 	if state != "" && state != sess.State {
@@ -454,6 +474,130 @@ func (s *Server) handleOAuthExchange(c *fiber.Ctx) error {
 		creds.Proxy = strings.TrimSpace(*in.Proxy)
 	}
 	created, err := store.Create(ctx, a, creds)
+	if err != nil {
+		return s.accountErr(c, err)
+	}
+	return c.Status(http.StatusCreated).JSON(s.accountView(created))
+}
+
+// googleOAuthStart begins Google's OAuth flow for a gemini-oauth account
+// (Gemini CLI's client): the authorize URL, whose page shows a code to
+// paste back to /accounts/oauth/exchange.
+func (s *Server) googleOAuthStart(c *fiber.Ctx, accountID string) error {
+	if s.geminiOAuth == nil {
+		return Errorf(http.StatusServiceUnavailable, "service_unavailable", "Google OAuth is not configured on this relay.")
+	}
+	ctx, cancel := adminCtx(c)
+	defer cancel()
+	if accountID != "" {
+		a, err := s.sched.Store().Get(ctx, accountID)
+		if err != nil {
+			return s.accountErr(c, err)
+		}
+		if a.Kind != accounts.KindGeminiOAuth {
+			return Errorf(http.StatusBadRequest, "not_oauth", "That account is not a Google OAuth (gemini-oauth) account.")
+		}
+	}
+	p := anthropic.NewPKCE() // RFC 7636 S256, the same for Google
+	now := time.Now().UTC()
+	id, err := s.sched.Store().SaveOAuthSession(ctx, accounts.OAuthSession{
+		Kind: accounts.KindGeminiOAuth, Verifier: p.Verifier, State: p.State, AccountID: accountID, CreatedAt: now,
+	}, oauthSessionTTL)
+	if err != nil {
+		return s.accountErr(c, err)
+	}
+	return c.JSON(fiber.Map{
+		"session_id":    id,
+		"authorize_url": s.geminiOAuth.AuthorizeURL(p.Challenge, p.State),
+		"expires_at":    now.Add(oauthSessionTTL),
+		"instructions":  "Open authorize_url, sign in with Google and approve, then POST the code the page shows to /admin/accounts/oauth/exchange with this session_id.",
+	})
+}
+
+// googleOAuthExchange trades the pasted code for tokens, finds the
+// account's Code Assist project (best effort: a request finds it later
+// otherwise), and creates or re-authorizes the account.
+func (s *Server) googleOAuthExchange(ctx context.Context, c *fiber.Ctx, sessionID string, sess accounts.OAuthSession,
+	pasted string, in accountInput) error {
+	if s.geminiOAuth == nil {
+		return Errorf(http.StatusServiceUnavailable, "service_unavailable", "Google OAuth is not configured on this relay.")
+	}
+	code, state := anthropic.CleanCode(pasted)
+	if state != "" && state != sess.State {
+		return Errorf(http.StatusBadRequest, "state_mismatch", "The pasted code belongs to another authorization; start again.")
+	}
+	t, err := s.geminiOAuth.Exchange(ctx, code, sess.Verifier)
+	if err != nil {
+		var te *gemini.TokenError
+		if errors.As(err, &te) {
+			return Errorf(http.StatusBadRequest, "code_exchange_failed", "The token endpoint refused the code: %s", te.Error())
+		}
+		return Errorf(http.StatusBadGateway, "code_exchange_failed", "The token endpoint could not be reached: %s", err.Error())
+	}
+	store := s.sched.Store()
+	_ = store.DropOAuthSession(ctx, sessionID)
+
+	project := ""
+	if in.Project != nil {
+		project = strings.TrimSpace(*in.Project)
+	}
+	proxy := ""
+	if in.Proxy != nil {
+		proxy = strings.TrimSpace(*in.Proxy)
+	}
+	if sess.AccountID != "" {
+		a, cur, err := store.Credentials(ctx, sess.AccountID)
+		if err != nil {
+			return s.accountErr(c, err)
+		}
+		if project == "" {
+			project = a.Project
+		}
+		proxy = cur.Proxy
+	}
+	var baseURL string
+	if in.BaseURL != nil {
+		baseURL = strings.TrimSpace(*in.BaseURL)
+	}
+	if s.gemini != nil {
+		d, err := s.gemini.DiscoverProject(ctx, gemini.Target{BaseURL: baseURL, BearerToken: t.AccessToken, Proxy: proxy},
+			project, onboardPoll, onboardTries)
+		if err != nil {
+			s.requestLog(c).Warn().Err(err).Msg("Code Assist project discovery failed; it is retried on first use")
+		} else {
+			project = d.Project
+		}
+	}
+
+	if sess.AccountID != "" {
+		_, cur, err := store.Credentials(ctx, sess.AccountID)
+		if err != nil {
+			return s.accountErr(c, err)
+		}
+		cur.AccessToken = t.AccessToken
+		if t.RefreshToken != "" {
+			cur.RefreshToken = t.RefreshToken
+		}
+		a, err := store.Update(ctx, sess.AccountID, func(a *accounts.Account) error {
+			a.TokenExpiresAt, a.Scopes, a.Email, a.Project = t.ExpiresAt, t.Scopes, t.Email, project
+			return nil
+		}, &cur)
+		if err != nil {
+			return s.accountErr(c, err)
+		}
+		return c.JSON(s.accountView(a))
+	}
+	a := accounts.Account{Kind: accounts.KindGeminiOAuth, Enabled: true, Schedulable: true,
+		TokenExpiresAt: t.ExpiresAt, Scopes: t.Scopes, Email: t.Email}
+	in.apply(&a)
+	a.Project = project
+	if a.Name == "" {
+		a.Name = t.Email
+		if a.Name == "" {
+			a.Name = "Google account"
+		}
+	}
+	created, err := store.Create(ctx, a, accounts.Credentials{AccessToken: t.AccessToken, RefreshToken: t.RefreshToken, Proxy: proxy})
 	if err != nil {
 		return s.accountErr(c, err)
 	}

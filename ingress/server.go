@@ -150,6 +150,7 @@ func (s *Server) routes() {
 	s.anthropicRoutes()
 	s.openAIRoutes()
 	s.imageRoutes()
+	s.webRoutes()
 	s.adminRoutes()
 }
 

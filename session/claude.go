@@ -14,25 +14,30 @@ import (
 
 	"github.com/relaydev/relay/internal/accounts"
 	"github.com/relaydev/relay/internal/anthropic"
+	"github.com/relaydev/relay/internal/gemini"
 	"github.com/relaydev/relay/internal/keyspace"
 )
 
 // claudeReleaseLock deletes a refresh lock only if this replica holds it.
 //
-// KEYS[1]: the lock key (keyspace.Lock("claude-refresh:<account id>"))
+// KEYS[1]: the lock key (keyspace.Lock("token-refresh:<account id>"))
 // ARGV[1]: the holder's token
 // Returns 1 if the lock was deleted, 0 if another holder has it (or none).
 var claudeReleaseLock = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`)
 
-// ClaudeOptions configures the Claude OAuth token keeper.
+// ClaudeOptions configures the OAuth token keeper.
 type ClaudeOptions struct {
 	Redis redis.UniversalClient
 	Keys  keyspace.Keyspace
 	Store *accounts.Store
-	OAuth *anthropic.OAuth
-	Log   zerolog.Logger
+	// OAuth refreshes Claude OAuth accounts; Google, when set, refreshes
+	// Google OAuth (gemini-oauth) accounts. A kind without its client is
+	// left alone.
+	OAuth  *anthropic.OAuth
+	Google *gemini.OAuth
+	Log    zerolog.Logger
 	// Lead: a token is refreshed this long before it expires (default 5m).
 	Lead time.Duration
 	// Interval: how often the keeper looks for tokens near expiry (default 1m).
@@ -45,7 +50,8 @@ type ClaudeOptions struct {
 	RetryPause time.Duration
 }
 
-// Claude keeps Claude OAuth access tokens fresh. Refreshes are single-flight
+// Claude keeps OAuth access tokens fresh: Claude's and, with
+// ClaudeOptions.Google, Google's (Gemini CLI accounts). Refreshes are single-flight
 // in the process and, through a Redis lock, across replicas: when several
 // ask at once, one refreshes and the others read its result. An account
 // whose refresh token is refused is marked for re-authorization, so the
@@ -123,8 +129,8 @@ func (c *Claude) run(ctx context.Context) {
 	}
 }
 
-// RefreshDue refreshes every enabled Claude OAuth account whose token
-// expires within the lead time.
+// RefreshDue refreshes every enabled OAuth account (of a kind the keeper
+// has a client for) whose token expires within the lead time.
 func (c *Claude) RefreshDue(ctx context.Context) {
 	list, err := c.o.Store.List(ctx)
 	if err != nil {
@@ -133,7 +139,7 @@ func (c *Claude) RefreshDue(ctx context.Context) {
 	}
 	now := c.o.Store.Now()
 	for _, a := range list {
-		if a.Kind != accounts.KindClaudeOAuth || !a.Enabled || a.State.NeedsReauth {
+		if !c.handles(a.Kind) || !a.Enabled || a.State.NeedsReauth {
 			continue
 		}
 		if a.TokenExpiresAt.IsZero() || a.TokenExpiresAt.Sub(now) > c.o.Lead {
@@ -153,8 +159,7 @@ func (c *Claude) AccessToken(ctx context.Context, a accounts.Account, creds acco
 	}
 	tok, err := c.Refresh(ctx, a.ID, creds.AccessToken)
 	if err != nil && creds.AccessToken != "" && a.TokenExpiresAt.After(c.o.Store.Now()) {
-		var te *anthropic.TokenError
-		if !errors.As(err, &te) {
+		if _, refused := tokenRefusal(err); !refused {
 			return creds.AccessToken, nil // the endpoint is unreachable; the token still works a while
 		}
 	}
@@ -192,7 +197,7 @@ func (c *Claude) Refresh(ctx context.Context, id, stale string) (string, error) 
 // refreshLocked takes the account's Redis lock and refreshes unless another
 // holder already did.
 func (c *Claude) refreshLocked(ctx context.Context, id, stale string) (string, error) {
-	lock := c.o.Keys.Lock("claude-refresh:" + id)
+	lock := c.o.Keys.Lock("token-refresh:" + id)
 	token := newLockToken()
 	for {
 		ok, err := c.o.Redis.SetNX(ctx, lock, token, c.o.LockTTL).Result()
@@ -233,11 +238,10 @@ func (c *Claude) refreshLocked(ctx context.Context, id, stale string) (string, e
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.o.LockTTL-2*time.Second)
 	defer cancel()
-	t, err := c.o.OAuth.Refresh(rctx, creds.RefreshToken)
+	t, err := c.refreshToken(rctx, a.Kind, creds.RefreshToken)
 	if err != nil {
-		var te *anthropic.TokenError
-		if errors.As(err, &te) && te.Status >= 400 && te.Status < 500 {
-			_ = c.o.Store.MarkNeedsReauth(ctx, id, "OAuth refresh failed: "+te.Error())
+		if status, refused := tokenRefusal(err); refused && status >= 400 && status < 500 {
+			_ = c.o.Store.MarkNeedsReauth(ctx, id, "OAuth refresh failed: "+err.Error())
 		} else if a.TokenExpiresAt.Before(c.o.Store.Now()) {
 			_ = c.o.Store.MarkPaused(ctx, id, c.o.Store.Now().Add(c.o.RetryPause), "OAuth refresh failed: "+err.Error())
 		}
@@ -294,4 +298,49 @@ func newLockToken() string {
 		panic("crypto/rand: " + err.Error())
 	}
 	return hex.EncodeToString(b)
+}
+
+// handles reports whether the keeper has a token client for kind.
+func (c *Claude) handles(k accounts.Kind) bool {
+	switch k {
+	case accounts.KindClaudeOAuth:
+		return c.o.OAuth != nil
+	case accounts.KindGeminiOAuth:
+		return c.o.Google != nil
+	}
+	return false
+}
+
+// refreshed is a token endpoint's answer, whichever the provider.
+type refreshed struct {
+	AccessToken, RefreshToken string
+	ExpiresAt                 time.Time
+	Scopes                    string
+}
+
+// refreshToken asks the kind's token endpoint for a new access token.
+func (c *Claude) refreshToken(ctx context.Context, kind accounts.Kind, refreshToken string) (refreshed, error) {
+	if !c.handles(kind) {
+		return refreshed{}, fmt.Errorf("no OAuth client for %s accounts", kind)
+	}
+	if kind == accounts.KindGeminiOAuth {
+		t, err := c.o.Google.Refresh(ctx, refreshToken)
+		return refreshed{t.AccessToken, t.RefreshToken, t.ExpiresAt, t.Scopes}, err
+	}
+	t, err := c.o.OAuth.Refresh(ctx, refreshToken)
+	return refreshed{t.AccessToken, t.RefreshToken, t.ExpiresAt, t.Scopes}, err
+}
+
+// tokenRefusal reports whether err is a token endpoint's refusal (as
+// opposed to it being unreachable), and its HTTP status.
+func tokenRefusal(err error) (int, bool) {
+	var at *anthropic.TokenError
+	if errors.As(err, &at) {
+		return at.Status, true
+	}
+	var gt *gemini.TokenError
+	if errors.As(err, &gt) {
+		return gt.Status, true
+	}
+	return 0, false
 }

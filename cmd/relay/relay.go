@@ -13,6 +13,7 @@ import (
 	"github.com/relaydev/relay/internal/anthropic"
 	"github.com/relaydev/relay/internal/apikeys"
 	"github.com/relaydev/relay/internal/config"
+	"github.com/relaydev/relay/internal/gemini"
 	"github.com/relaydev/relay/internal/keyspace"
 	"github.com/relaydev/relay/internal/metrics"
 	"github.com/relaydev/relay/internal/redisconn"
@@ -84,8 +85,15 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		ClientID: cfg.Claude.OAuthClientID, AuthorizeURL: cfg.Claude.OAuthAuthorizeURL, TokenURL: cfg.Claude.OAuthTokenURL,
 		RedirectURL: cfg.Claude.OAuthRedirectURL, Scopes: cfg.Claude.OAuthScopes,
 	}, nil)
+	// Gemini: API-key accounts on the native API, Google OAuth accounts on
+	// Code Assist; their tokens are kept by the same keeper as Claude's.
+	googleOAuth := gemini.NewOAuth(gemini.OAuthConfig{
+		ClientID: cfg.Gemini.OAuthClientID, ClientSecret: cfg.Gemini.OAuthClientSecret,
+		AuthorizeURL: cfg.Gemini.OAuthAuthorizeURL, TokenURL: cfg.Gemini.OAuthTokenURL,
+		RedirectURL: cfg.Gemini.OAuthRedirectURL, Scopes: cfg.Gemini.OAuthScopes,
+	}, nil)
 	claudeTokens := session.NewClaude(session.ClaudeOptions{
-		Redis: conn.Client, Keys: ks, Store: acctStore, OAuth: claudeOAuth,
+		Redis: conn.Client, Keys: ks, Store: acctStore, OAuth: claudeOAuth, Google: googleOAuth,
 		Log:  log.With().Str("component", "claude-tokens").Logger(),
 		Lead: cfg.Claude.RefreshLead, Interval: cfg.Claude.RefreshInterval, RetryPause: cfg.Accounts.ErrorPause,
 	})
@@ -148,6 +156,10 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		Anthropic:    anthropic.NewClient(cfg.Claude.BaseURL, cfg.Claude.UpstreamTimeout),
 		ClaudeOAuth:  claudeOAuth,
 		ClaudeTokens: claudeTokens,
+
+		Gemini:       gemini.NewClient(cfg.Gemini.BaseURL, cfg.Gemini.CodeAssistURL, cfg.Gemini.UpstreamTimeout),
+		GeminiOAuth:  googleOAuth,
+		GeminiTokens: claudeTokens,
 	})
 	r.services = append(r.services, srv)
 	return r, nil

@@ -77,6 +77,9 @@ type Account struct {
 	Organization   string    `json:"organization,omitempty"`
 	Scopes         string    `json:"scopes,omitempty"`
 	TokenExpiresAt time.Time `json:"token_expires_at,omitzero"`
+	// Project is a Google OAuth account's Code Assist project (discovered
+	// at sign-in or on first use, or set by an administrator).
+	Project string `json:"project,omitempty"`
 
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`

@@ -62,6 +62,22 @@ type Config struct {
 
 	Claude   Claude
 	Accounts Accounts
+	Gemini   Gemini
+}
+
+// Gemini configures the Gemini upstreams (the native API for API-key
+// accounts, Code Assist for Google OAuth accounts) and the Google OAuth
+// flow. The defaults are Gemini CLI's public OAuth client.
+type Gemini struct {
+	BaseURL           string        // GEMINI_BASE_URL: default native API upstream for API-key accounts
+	CodeAssistURL     string        // CODE_ASSIST_BASE_URL: default Code Assist upstream for OAuth accounts
+	OAuthClientID     string        // GEMINI_OAUTH_CLIENT_ID
+	OAuthClientSecret string        // GEMINI_OAUTH_CLIENT_SECRET (an installed-app client's, public by design)
+	OAuthAuthorizeURL string        // GEMINI_OAUTH_AUTHORIZE_URL
+	OAuthTokenURL     string        // GEMINI_OAUTH_TOKEN_URL
+	OAuthRedirectURL  string        // GEMINI_OAUTH_REDIRECT_URL: a page that shows the code to paste back
+	OAuthScopes       string        // GEMINI_OAUTH_SCOPES: space-separated
+	UpstreamTimeout   time.Duration // GEMINI_TIMEOUT: longest an upstream request (incl. a whole stream) may take
 }
 
 // Claude configures the Anthropic upstream and the Claude OAuth flow. The
@@ -175,6 +191,18 @@ func Load(getenv func(string) string) (Config, error) {
 			RefreshLead:     e.duration("CLAUDE_TOKEN_REFRESH_LEAD", 5*time.Minute),
 			RefreshInterval: e.duration("CLAUDE_TOKEN_REFRESH_INTERVAL", time.Minute),
 			UpstreamTimeout: e.duration("ANTHROPIC_TIMEOUT", 10*time.Minute),
+		},
+		Gemini: Gemini{
+			BaseURL:           e.absURLDefault("GEMINI_BASE_URL", "https://generativelanguage.googleapis.com"),
+			CodeAssistURL:     e.absURLDefault("CODE_ASSIST_BASE_URL", "https://cloudcode-pa.googleapis.com"),
+			OAuthClientID:     e.str("GEMINI_OAUTH_CLIENT_ID", "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"),
+			OAuthClientSecret: e.str("GEMINI_OAUTH_CLIENT_SECRET", "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"),
+			OAuthAuthorizeURL: e.absURLDefault("GEMINI_OAUTH_AUTHORIZE_URL", "https://accounts.google.com/o/oauth2/v2/auth"),
+			OAuthTokenURL:     e.absURLDefault("GEMINI_OAUTH_TOKEN_URL", "https://oauth2.googleapis.com/token"),
+			OAuthRedirectURL:  e.absURLDefault("GEMINI_OAUTH_REDIRECT_URL", "https://codeassist.google.com/authcode"),
+			OAuthScopes: e.str("GEMINI_OAUTH_SCOPES", "https://www.googleapis.com/auth/cloud-platform "+
+				"https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile"),
+			UpstreamTimeout: e.duration("GEMINI_TIMEOUT", 10*time.Minute),
 		},
 		Accounts: Accounts{
 			StickyTTL:        e.duration("STICKY_SESSION_TTL", time.Hour),
