@@ -23,6 +23,7 @@ import (
 	"github.com/relaydev/relay/internal/anthropic"
 	"github.com/relaydev/relay/internal/apikeys"
 	"github.com/relaydev/relay/internal/config"
+	"github.com/relaydev/relay/internal/gemini"
 	"github.com/relaydev/relay/internal/keyspace"
 	"github.com/relaydev/relay/internal/metrics"
 )
@@ -56,6 +57,13 @@ type Deps struct {
 	ClaudeTokens ClaudeTokens
 	// VS serves the OpenAI-compatible routes; without it they answer 503.
 	VS *VerticalStudio
+	// Gemini: the upstream client (native API and Code Assist), the Google
+	// OAuth flow and the token keeper for Google OAuth accounts (the same
+	// keeper as Claude's serves). Without Scheduler and Gemini the /gemini
+	// routes answer 503.
+	Gemini       *gemini.Client
+	GeminiOAuth  *gemini.OAuth
+	GeminiTokens ClaudeTokens
 	// Images serves POST /v1/images/generations; without it that answers 503.
 	Images *Images
 }
@@ -78,6 +86,10 @@ type Server struct {
 	anthropic    *anthropic.Client
 	claudeOAuth  *anthropic.OAuth
 	claudeTokens ClaudeTokens
+
+	gemini       *gemini.Client
+	geminiOAuth  *gemini.OAuth
+	geminiTokens ClaudeTokens
 
 	app *fiber.App
 
@@ -102,6 +114,7 @@ func New(d Deps) *Server {
 	s.keys, s.admin = d.Keys, d.Admin
 	s.sched, s.anthropic, s.claudeOAuth, s.claudeTokens = d.Scheduler, d.Anthropic, d.ClaudeOAuth, d.ClaudeTokens
 	s.vs = d.VS
+	s.gemini, s.geminiOAuth, s.geminiTokens = d.Gemini, d.GeminiOAuth, d.GeminiTokens
 	s.images = d.Images
 	if s.keys == nil && d.Redis != nil {
 		s.keys = apikeys.NewStore(d.Redis, keyspace.New(d.Config.Redis.KeyPrefix), apikeys.Options{
@@ -148,6 +161,7 @@ func (s *Server) routes() {
 	s.app.Get("/metrics", s.handleMetrics())
 	s.keyInfoRoutes()
 	s.anthropicRoutes()
+	s.geminiRoutes()
 	s.openAIRoutes()
 	s.imageRoutes()
 	s.webRoutes()
