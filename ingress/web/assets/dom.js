@@ -24,7 +24,7 @@ function setProps(el, props) {
       el.setAttribute("class", Array.isArray(v) ? v.filter(Boolean).join(" ") : v);
     } else if (k === "dataset") {
       Object.assign(el.dataset, v);
-    } else if (k.startsWith("on") || k === "innerHTML" || k === "outerHTML" || k === "style") {
+    } else if (k.startsWith("on") || /HTML$/.test(k) || k === "style") {
       throw new Error("refusing to set " + k); // event handlers go in `on`, markup is never built from strings
     } else if (k in el && typeof el[k] !== "function" && !(el instanceof SVGElement)) {
       el[k] = v;
