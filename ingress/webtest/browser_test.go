@@ -217,6 +217,17 @@ func (p *page) eval(js string) bool {
 	return v
 }
 
+func (p *page) evalString(js string) string {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+	if err != nil {
+		p.t.Fatalf("evaluate %s: %v", js, err)
+	}
+	return v
+}
+
 // screenshot saves a full-page PNG under the artifacts directory and
 // returns its path.
 func (p *page) screenshot(name string) string {

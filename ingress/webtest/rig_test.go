@@ -18,8 +18,10 @@ import (
 	"github.com/relaydev/relay/ingress"
 	"github.com/relaydev/relay/internal/accounts"
 	"github.com/relaydev/relay/internal/adminauth"
+	"github.com/relaydev/relay/internal/anthropic"
 	"github.com/relaydev/relay/internal/apikeys"
 	"github.com/relaydev/relay/internal/config"
+	"github.com/relaydev/relay/internal/fakeanthropic"
 	"github.com/relaydev/relay/internal/fakevs"
 	"github.com/relaydev/relay/internal/keyspace"
 	"github.com/relaydev/relay/internal/metrics"
@@ -44,6 +46,7 @@ type rig struct {
 	env    *testredis.Env
 	ks     keyspace.Keyspace
 	fake   *fakevs.Fake
+	claude *fakeanthropic.Fake
 	keys   *apikeys.Store
 	reader *usage.Reader
 	url    string
@@ -70,6 +73,9 @@ func newRig(t *testing.T) *rig {
 	r := &rig{t: t, env: env, ks: ks, fake: fakevs.New(fakevs.Options{}), reader: usage.NewReader(env.Client, ks)}
 	up := httptest.NewServer(r.fake)
 	t.Cleanup(up.Close)
+	r.claude = fakeanthropic.New()
+	claudeUp := httptest.NewServer(r.claude)
+	t.Cleanup(claudeUp.Close)
 
 	cfg := config.Config{
 		Host: "127.0.0.1", ShutdownTimeout: 5 * time.Second, StreamHeartbeat: time.Second,
@@ -92,6 +98,8 @@ func newRig(t *testing.T) *rig {
 	}
 	acctStore := accounts.NewStore(env.Client, ks, box, time.Second, nil)
 	sched := accounts.NewScheduler(acctStore, env.Client, ks, accounts.Policy{}, log)
+	claudeOAuth := anthropic.NewOAuth(anthropic.OAuthConfig{ClientID: r.claude.ClientID, AuthorizeURL: "https://claude.ai/oauth/authorize",
+		TokenURL: claudeUp.URL + "/v1/oauth/token", RedirectURL: r.claude.RedirectURL, Scopes: "user:profile user:inference"}, nil)
 
 	client := vs.New(vs.Options{BaseURL: up.URL})
 	sess := session.NewVS(session.VSOptions{
@@ -125,7 +133,7 @@ func newRig(t *testing.T) *rig {
 	srv := ingress.New(ingress.Deps{
 		Config: cfg, Log: log, Redis: env.Client, Metrics: m, Keys: r.keys, Admin: admin, Usage: recorder,
 		Health:    []ingress.HealthCheck{{Name: "vertical_studio", Check: sess.Health}},
-		Scheduler: sched,
+		Scheduler: sched, ClaudeOAuth: claudeOAuth,
 		VS: &ingress.VerticalStudio{
 			Caller: &vs.Caller{Client: client, Creds: sess, Backoff: 10 * time.Millisecond},
 			Models: models, Archive: workers.NewArchiveQueue(env.Client, ks), HistoryChars: 100_000,

@@ -105,6 +105,7 @@ func TestAdminUIAndStatsPage(t *testing.T) {
 	}
 	p.waitText("#keys-table", "browser key")
 	p.waitText("#keys-table", "100 req / 1 h")
+	p.screenshot("keys-new-key")
 	p.click("#new-key-done")
 	p.waitGone("#new-key-card")
 	if strings.Contains(p.bodyText(), key) {
@@ -238,8 +239,27 @@ func TestAdminUIAndStatsPage(t *testing.T) {
 	p.typeIn(`#accounts-table .row-actions[data-account="console one"] input`, "maintenance")
 	p.click(`#accounts-table .row-actions[data-account="console one"] button[data-action="pause now"]`)
 	p.waitText("#accounts-table", "paused by an administrator: maintenance")
+
+	// Connect a Claude account with the OAuth flow: open the link (here the
+	// fake signs in), paste the code back.
+	p.click("#start-oauth")
+	p.do(chromedp.WaitVisible(chromedp.ID("oauth-url")))
+	authURL := p.evalString(`document.getElementById("oauth-url").href`)
+	code, err := r.claude.Authorize(authURL)
+	if err != nil {
+		t.Fatalf("the authorize link %q: %v", authURL, err)
+	}
+	p.set("#oauth-code", code)
+	p.set("#oauth-name", "team max")
+	p.click("#oauth-submit")
+	p.waitText("#accounts-table", "team max")
+	p.waitText("#accounts-table", "claude-oauth")
+	p.waitGone("#oauth-form")
+	p.screenshot("accounts")
+
 	p.click("#nav-dashboard")
 	p.waitText("#dash-accounts", "paused by an administrator: maintenance")
+	p.waitText("#dash-accounts", "team max")
 	if strings.Contains(p.bodyText(), "sk-ant-api03-secret-value") {
 		t.Fatal("an account's API key is shown")
 	}
