@@ -42,10 +42,17 @@ const (
 //	POST /gemini/v1internal:{loadCodeAssist|onboardUser|retrieveUserQuota|listExperiments}
 //
 // The "{model}:{method}" segment holds a colon, which Fiber's route patterns
-// treat as a parameter, so one handler per HTTP method parses the path.
+// read as a parameter (a literal one is escaped), so the handlers parse the
+// path after the prefix themselves. Other paths under /gemini get Fiber's
+// 404, in Google's format.
 func (s *Server) geminiRoutes() {
-	s.app.Post("/gemini/*", s.requireKey(usage.ServiceGemini), s.handleGeminiPost)
-	s.app.Get("/gemini/*", s.requireKey(usage.ServiceGemini), s.handleGeminiGet)
+	key := s.requireKey(usage.ServiceGemini)
+	s.app.Post("/gemini/v1internal\\:*", key, s.handleGeminiPost)
+	for _, v := range []string{"v1beta", "v1"} {
+		s.app.Post("/gemini/"+v+"/models/*", key, s.handleGeminiPost)
+		s.app.Get("/gemini/"+v+"/models", key, s.handleGeminiGet)
+		s.app.Get("/gemini/"+v+"/models/*", key, s.handleGeminiGet)
+	}
 }
 
 func (s *Server) geminiReady() error {
