@@ -26,6 +26,7 @@ type eventStream struct {
 	frames    chan []byte
 	gone      chan struct{}
 	heartbeat time.Duration
+	timer     *time.Timer // reused by Read for the heartbeat
 	pending   []byte
 
 	closeOnce sync.Once
@@ -98,9 +99,13 @@ func (st *eventStream) Read(p []byte) (int, error) {
 	if len(st.pending) == 0 {
 		var timer <-chan time.Time
 		if st.heartbeat > 0 {
-			t := time.NewTimer(st.heartbeat)
-			defer t.Stop()
-			timer = t.C
+			if st.timer == nil {
+				st.timer = time.NewTimer(st.heartbeat)
+			} else {
+				st.timer.Reset(st.heartbeat) // Go 1.23+: Reset discards a stale tick
+			}
+			defer st.timer.Stop()
+			timer = st.timer.C
 		}
 		select {
 		case f, ok := <-st.frames:

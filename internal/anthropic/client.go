@@ -65,8 +65,8 @@ func (c *Client) transport(proxy string) (*http.Transport, error) {
 	t := &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
+		MaxIdleConns:          4096,
+		MaxIdleConnsPerHost:   2048, // one upstream host carries every request: keep connections, don't churn them
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,

@@ -28,7 +28,7 @@ func newHTTPClient(connect, header time.Duration) *http.Client {
 		DialContext:           dialer.DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          512,
-		MaxIdleConnsPerHost:   256,
+		MaxIdleConnsPerHost:   2048, // one upstream host carries every request: keep connections, don't churn them
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   connect,
 		ResponseHeaderTimeout: header,
