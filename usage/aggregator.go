@@ -31,10 +31,16 @@ const (
 	MonthRetention = 2 * 365 * 24 * time.Hour
 )
 
-// DefaultSeenTTL is how long an applied event's id is remembered. It must
-// exceed the usage stream's trim age (workers.Config.TrimAge, 24h by default):
-// an entry can only be delivered again while it is still in the stream.
-const DefaultSeenTTL = 72 * time.Hour
+// DefaultSeenTTL is how long an applied event's id is remembered.
+//
+// A batch is applied and acknowledged in one script, so an entry that was
+// counted is never delivered again by the stream. What the markers still
+// catch are copies that arrive close together: the same event added twice
+// by a recorder retry after an ambiguous write, or an entry another consumer
+// reclaimed while the first was still applying it. Both copies are read
+// within moments of each other, so an hour is ample, and it keeps the markers
+// to (events per second x 3600) keys.
+const DefaultSeenTTL = time.Hour
 
 // AggregatorConfig configures an Aggregator. Zero values take the defaults.
 type AggregatorConfig struct {
@@ -62,7 +68,8 @@ func NewAggregator(rdb redis.Scripter, ks keyspace.Keyspace, pricing *Pricing, c
 }
 
 // PoolConfig is the usage pool's configuration: the usage stream and group,
-// this aggregator as the batch handler, batches of 200 and 4 handlers at once
+// this aggregator as the batch handler, batches of up to 500 gathered for a
+// quarter second, and 4 handlers at once
 // (scripts run one at a time in Redis; a few in flight keep it busy while
 // the next batches are decoded). The caller may adjust the result.
 func (a *Aggregator) PoolConfig(consumer string, log zerolog.Logger, m *metrics.Metrics) workers.Config {
@@ -72,11 +79,16 @@ func (a *Aggregator) PoolConfig(consumer string, log zerolog.Logger, m *metrics.
 		Consumer:     consumer,
 		DeadLetter:   a.ks.DeadLetter(StreamName),
 		BatchHandler: a.HandleBatch,
-		BatchSize:    200,
-		Concurrency:  4,
-		Name:         StreamName,
-		Log:          log,
-		Metrics:      m,
+		BatchSize:    500,
+		// Gather events for a quarter second: a batch costs two Redis
+		// commands per distinct hash it touches, whatever its size, so a
+		// steady trickle read one event at a time would cost ~100 commands
+		// per event, and a quarter second's worth costs well under one.
+		BatchWait:   250 * time.Millisecond,
+		Concurrency: 4,
+		Name:        StreamName,
+		Log:         log,
+		Metrics:     m,
 	}
 }
 
@@ -86,6 +98,7 @@ func (a *Aggregator) PoolConfig(consumer string, log zerolog.Logger, m *metrics.
 // valid ones are applied first, so a retry finds them already counted.
 func (a *Aggregator) HandleBatch(ctx context.Context, es []workers.Entry) error {
 	evs := make([]Event, 0, len(es))
+	ids := make([]string, 0, len(es)) // entries of the valid events, acknowledged by the script
 	var bad []string
 	for _, e := range es {
 		raw, ok := e.Values[StreamField]
@@ -99,9 +112,10 @@ func (a *Aggregator) HandleBatch(ctx context.Context, es []workers.Entry) error 
 			continue
 		}
 		evs = append(evs, ev)
+		ids = append(ids, e.ID)
 	}
 	if len(evs) > 0 {
-		if _, err := a.Apply(ctx, evs); err != nil {
+		if _, err := a.apply(ctx, evs, ids); err != nil {
 			return err
 		}
 	}
@@ -114,10 +128,19 @@ func (a *Aggregator) HandleBatch(ctx context.Context, es []workers.Entry) error 
 // Apply counts the events that were not counted before and returns how many
 // that was.
 func (a *Aggregator) Apply(ctx context.Context, evs []Event) (int, error) {
+	return a.apply(ctx, evs, nil)
+}
+
+// apply counts evs and, in the same script, acknowledges the usage stream's
+// entries ackIDs for the usage group.
+func (a *Aggregator) apply(ctx context.Context, evs []Event, ackIDs []string) (int, error) {
 	if len(evs) == 0 {
 		return 0, nil
 	}
 	b := newScriptArgs(len(evs), a.seenTTL)
+	if len(ackIDs) > 0 {
+		b.ackKey, b.ackIDs = b.key(a.ks.Stream(StreamName), 0), ackIDs
+	}
 	for i := range evs {
 		if err := evs[i].validate(); err != nil {
 			return 0, fmt.Errorf("event %q: %w", evs[i].ID, err)
@@ -281,6 +304,8 @@ type scriptArgs struct {
 	index    map[string]int
 	expireAt []int64 // by key index - 1; 0: the key does not expire
 	seenTTL  int64
+	ackKey   int      // KEYS index of the usage stream; 0: acknowledge nothing
+	ackIDs   []string // entries to acknowledge
 
 	comps    map[string]int // component identity -> 1-based number
 	ncomps   int
@@ -314,8 +339,13 @@ func (b *scriptArgs) key(name string, expireAt int64) int {
 
 // finish is the complete ARGV: the header, the components, then the events.
 func (b *scriptArgs) finish() []any {
-	argv := make([]any, 0, 3+2*len(b.keys)+len(b.compArgs)+len(b.events))
-	argv = append(argv, b.seenTTL, 0)
+	argv := make([]any, 0, 6+len(b.ackIDs)+2*len(b.keys)+len(b.compArgs)+len(b.events))
+	argv = append(argv, b.seenTTL, b.ackKey, StreamGroup, len(b.ackIDs))
+	for _, id := range b.ackIDs {
+		argv = append(argv, id)
+	}
+	mAt := len(argv)
+	argv = append(argv, 0)
 	m := 0
 	for i, at := range b.expireAt {
 		if at > 0 {
@@ -323,7 +353,7 @@ func (b *scriptArgs) finish() []any {
 			m++
 		}
 	}
-	argv[1] = m
+	argv[mAt] = m
 	argv = append(argv, b.ncomps)
 	argv = append(argv, b.compArgs...)
 	return append(argv, b.events...)
@@ -333,12 +363,16 @@ func (b *scriptArgs) finish() []any {
 //
 // KEYS: every key the batch touches, each once: the events' seen markers,
 // aggregate hashes (buckets and totals), sorted sets (indexes, a key's models,
-// unknown models) and token-window counters. All carry the hash tag {usage}.
+// unknown models), token-window counters, and the usage stream when entries
+// are acknowledged. All carry the hash tag {usage}.
 //
 // ARGV:
 //
 //	[1] seconds a seen marker lives
-//	[2] m, then m pairs (key index, unix time the key expires at): keys
+//	[2] index of the usage stream in KEYS (0: acknowledge nothing)
+//	[3] the usage consumer group
+//	[4] na, then na entry ids to acknowledge (XACK) with the counting
+//	m, then m pairs (key index, unix time the key expires at): keys
 //	    without a pair never expire
 //	nc, then nc components (one dimension value in one hour), each:
 //	  nh, then nh hash key indices; hashes without an expiry are totals,
@@ -363,16 +397,20 @@ func (b *scriptArgs) finish() []any {
 // The expiry is set after the writes, so an expiry in the past deletes the
 // key rather than leaving one without an expiry.
 //
-// Returns the number of events counted (not seen before).
+// Returns the number of events counted (not seen before); the listed entries
+// are acknowledged either way.
 var applyScript = redis.NewScript(scriptSrc)
 
 const scriptSrc = `
 local FIELDS = {'requests', 'errors', 'input_tokens', 'output_tokens', 'cache_create_tokens',
   'cache_read_tokens', 'images', 'cost_nanos', 'estimated', 'latency_ms_sum'}
 local seenTTL = ARGV[1]
+local ackKey, ackGroup, na = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local exp = {}
-local p = 3
-for _ = 1, tonumber(ARGV[2]) do
+local p = 5 + na
+local m = tonumber(ARGV[p])
+p = p + 1
+for _ = 1, m do
   exp[tonumber(ARGV[p])] = ARGV[p + 1]
   p = p + 2
 end
@@ -521,6 +559,13 @@ for _, k in ipairs(torder) do
   local v = string.format('%d', tacc[k])
   if redis.call('INCRBY', KEYS[k], v) == tacc[k] and exp[k] then
     redis.call('EXPIREAT', KEYS[k], exp[k])
+  end
+end
+-- Acknowledge the batch's entries with its counting: an entry that was
+-- counted is never delivered again.
+if ackKey > 0 then
+  for i = 5, 4 + na, 500 do
+    redis.call('XACK', KEYS[ackKey], ackGroup, unpack(ARGV, i, math.min(i + 499, 4 + na)))
   end
 end
 return applied

@@ -108,6 +108,11 @@ func (p *Pool) fetch() {
 			used++
 		}
 		p.releaseSlots(slots - used)
+		if p.cfg.BatchWait > 0 && len(fs) > 0 && len(fs) < p.perSlot {
+			if !p.sleep(p.cfg.BatchWait) {
+				return
+			}
+		}
 	}
 }
 

@@ -89,6 +89,10 @@ type Config struct {
 	Handler      Handler      // exactly one of Handler and BatchHandler
 	BatchHandler BatchHandler // with BatchSize entries at most per call
 	BatchSize    int          // default 100
+	// BatchWait, in batch mode, is the pause after a read that found less
+	// than a full batch, so entries gather into larger batches (the usage
+	// aggregator's cost is per batch). It adds at most that much delay. 0: none.
+	BatchWait time.Duration
 
 	Concurrency       int                               // handlers running at once; default 8
 	Block             time.Duration                     // XREADGROUP BLOCK; default 500ms (keeps Stop prompt)
@@ -231,7 +235,8 @@ func New(rdb redis.UniversalClient, cfg Config) (*Pool, error) {
 		cfg.StopGrace = 5 * time.Second
 	}
 	if cfg.Name == "" {
-		cfg.Name = cfg.Stream[strings.LastIndexByte(cfg.Stream, ':')+1:]
+		// "relay:stream:{usage}" is named "usage".
+		cfg.Name = strings.Trim(cfg.Stream[strings.LastIndexByte(cfg.Stream, ':')+1:], "{}")
 	}
 
 	p := &Pool{

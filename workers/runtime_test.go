@@ -865,3 +865,39 @@ func TestWaitsForRedisAndSurvivesItsRestart(t *testing.T) {
 		t.Fatalf("stats %+v, want 2 ok", st)
 	}
 }
+
+// With BatchWait, entries that trickle in one at a time are handled in
+// batches, not one call each.
+func TestBatchWaitGathersTrickle(t *testing.T) {
+	env := testredis.New(t)
+	s := newStreams(env)
+	var mu sync.Mutex
+	var calls, handled int
+	cfg := s.config("c", testLog(t))
+	cfg.Concurrency = 1
+	cfg.BatchSize = 500
+	cfg.BatchWait = 100 * time.Millisecond
+	cfg.BatchHandler = func(ctx context.Context, es []Entry) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		handled += len(es)
+		return nil
+	}
+	startPool(t, env.Client, cfg)
+	const n = 60
+	for i := 0; i < n; i++ {
+		if _, err := Publish(context.Background(), env.Client, s.stream, map[string]string{"n": fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // a trickle: one entry at a time
+	}
+	waitFor(t, "every entry", func() bool { mu.Lock(); defer mu.Unlock(); return handled == n })
+	mu.Lock()
+	defer mu.Unlock()
+	// Over ~300ms of trickle with a 100ms gather, a handful of calls; without
+	// BatchWait it would be about one call per entry.
+	if calls > n/4 {
+		t.Fatalf("%d entries took %d handler calls: the trickle was not gathered into batches", n, calls)
+	}
+}

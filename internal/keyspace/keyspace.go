@@ -24,11 +24,14 @@ func (k Keyspace) join(parts ...string) string {
 }
 
 // Stream is a Redis stream that a worker pool consumes (images, usage,
-// archive). Its dead-letter stream is DeadLetter(name).
-func (k Keyspace) Stream(name string) string { return k.join("stream", name) }
+// archive). Its name is its hash tag: a stream shares a slot with its
+// dead-letter stream (the runtime moves entries between them in one MULTI),
+// and the usage stream with the {usage} aggregates (the aggregator applies a
+// batch and acknowledges it in one script).
+func (k Keyspace) Stream(name string) string { return k.join("stream", "{"+name+"}") }
 
 // DeadLetter is where entries of stream name go after too many deliveries.
-func (k Keyspace) DeadLetter(name string) string { return k.join("stream", name, "dead") }
+func (k Keyspace) DeadLetter(name string) string { return k.join("stream", "{"+name+"}", "dead") }
 
 // Lock is a short-lived lock that makes one replica do a thing (a login, a
 // token refresh) while the others wait for its result.
