@@ -423,3 +423,9 @@ func (p *Pool) sleep(d time.Duration) bool {
 		return false
 	}
 }
+
+// Watched names the pool's stream and group for the stream metrics
+// (metrics.WatchStreams).
+func (p *Pool) Watched() metrics.StreamGroup {
+	return metrics.StreamGroup{Label: p.cfg.Name, Stream: p.cfg.Stream, Group: p.cfg.Group}
+}

@@ -38,7 +38,9 @@ func assembleImages(cfg config.Config, rdb redis.UniversalClient, ks keyspace.Ke
 		Caller: &vs.Caller{Client: v.deps.Caller.Client, Creds: v.session, Attempts: 1},
 		Log:    log.With().Str("component", "image-pool").Logger(),
 	})
-	pool, err := workers.New(rdb, worker.PoolConfig(consumer, cfg.WorkerConcurrency, cfg.VS.ImageTimeout, m))
+	poolCfg := worker.PoolConfig(consumer, cfg.WorkerConcurrency, cfg.VS.ImageTimeout, m)
+	poolCfg.VisibilityTimeout = cfg.WorkerVisibility
+	pool, err := workers.New(rdb, poolCfg)
 	if err != nil {
 		return nil, fmt.Errorf("image pool: %w", err)
 	}

@@ -176,6 +176,11 @@ func TestEmbeddedRedisServesHealth(t *testing.T) {
 	if !strings.Contains(string(body), `relay_http_requests_total{method="GET",route="/health",status="200"}`) {
 		t.Errorf("/metrics does not count the /health request:\n%.2000s", body)
 	}
+	for _, want := range []string{`relay_stream_length{stream="usage"}`, `relay_stream_pending{stream="usage"}`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics has no %s", want)
+		}
+	}
 	// The Docker HEALTHCHECK command asks the same relay.
 	hc := exec.Command(relayBinary(t), "healthcheck")
 	hc.Env = p.cmd.Env

@@ -162,6 +162,15 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		GeminiTokens: claudeTokens,
 	})
 	r.services = append(r.services, srv)
+
+	// /metrics reports every pool's stream length and pending entries.
+	var watched []metrics.StreamGroup
+	for _, svc := range r.services {
+		if p, ok := svc.(*workers.Pool); ok {
+			watched = append(watched, p.Watched())
+		}
+	}
+	m.WatchStreams(conn.Client, watched)
 	return r, nil
 }
 
