@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/relaydev/relay/internal/fakeanthropic"
+	"github.com/relaydev/relay/internal/fakegemini"
 	"github.com/relaydev/relay/internal/fakevs"
 )
 
@@ -43,6 +45,8 @@ type mount struct {
 type options struct {
 	addr string
 	vs   vsOptions
+	// apiKey is the upstream API key the Anthropic and Gemini fakes accept.
+	apiKey string
 }
 
 type vsOptions struct {
@@ -74,6 +78,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (options
 	fs.DurationVar(&o.vs.delay, "vs-delay", envDur("FAKE_VS_DELAY"), "pause before each answer line (env FAKE_VS_DELAY)")
 	fs.DurationVar(&o.vs.loginDelay, "vs-login-delay", envDur("FAKE_VS_LOGIN_DELAY"), "pause in the password step (env FAKE_VS_LOGIN_DELAY)")
 	fs.BoolVar(&o.vs.chunked, "vs-chunked-cookie", getenv("FAKE_VS_CHUNKED_COOKIE") == "true", "split the session cookie into .0/.1 chunks (env FAKE_VS_CHUNKED_COOKIE)")
+	fs.StringVar(&o.apiKey, "api-key", env("FAKE_API_KEY", "fake-upstream-key"), "API key the Anthropic (/anthropic) and Gemini (/gemini) fakes accept (env FAKE_API_KEY)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -93,8 +98,14 @@ func mounts(o options) []mount {
 		Email: o.vs.email, Password: o.vs.password, Form: form, Encoding: o.vs.encoding,
 		Delay: o.vs.delay, LoginDelay: o.vs.loginDelay, ChunkedCookie: o.vs.chunked,
 	})
+	claude := fakeanthropic.New()
+	claude.AddAPIKey(o.apiKey)
+	gemini := fakegemini.New()
+	gemini.AddAPIKey(o.apiKey)
 	return []mount{
 		{name: "vertical-studio", prefix: "/vs", addr: o.vs.addr, handler: vsFake},
+		{name: "anthropic", prefix: "/anthropic", handler: claude},
+		{name: "gemini", prefix: "/gemini", handler: gemini},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -59,5 +60,42 @@ func TestBadFlags(t *testing.T) {
 	}, io.Discard)
 	if err != nil || o.vs.form != "body" || o.vs.delay.Milliseconds() != 5 {
 		t.Fatalf("env defaults: %+v %v", o, err)
+	}
+}
+
+func TestAnthropicAndGeminiFakesUnderPrefixes(t *testing.T) {
+	o, err := parse([]string{"-api-key", "k-123"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(router(mounts(o)))
+	defer srv.Close()
+
+	post := func(key string) int {
+		req, _ := http.NewRequest("POST", srv.URL+"/anthropic/v1/messages",
+			strings.NewReader(`{"model":"claude-sonnet-4","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("x-api-key", key)
+		req.Header.Set("anthropic-version", "2023-06-01")
+		req.Header.Set("content-type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("k-123"); code != 200 {
+		t.Errorf("anthropic fake with the configured key: %d", code)
+	}
+	if code := post("wrong"); code != 401 {
+		t.Errorf("anthropic fake with a wrong key: %d", code)
+	}
+	resp, err := http.Get(srv.URL + "/gemini/v1beta/models?key=k-123")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("gemini fake models with the configured key: %d", resp.StatusCode)
 	}
 }
