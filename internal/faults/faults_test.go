@@ -145,8 +145,10 @@ func TestFaults(t *testing.T) {
 	s.settle(load, "after the Redis restart")
 
 	// Rolling restart: each replica leaves the balancer, drains and exits on
-	// SIGTERM, and is back before the next one goes.
-	roll := enter("rolling-restart")
+	// SIGTERM, and is back before the next one goes. Every request started
+	// since the load ran clean again must succeed.
+	calm := time.Now()
+	enter("rolling-restart")
 	for _, r := range s.replicas {
 		pause(700 * time.Millisecond)
 		r.term()
@@ -159,7 +161,7 @@ func TestFaults(t *testing.T) {
 	stopLoad()
 	workers.Wait()
 
-	s.check(load.all(), phases, kills, roll.start, rollEnd)
+	s.check(load.all(), phases, kills, calm, rollEnd)
 }
 
 func newSetup(t *testing.T) *setup {
@@ -171,6 +173,7 @@ func newSetup(t *testing.T) *setup {
 
 	s := &setup{t: t, redis: srv, rdb: rdb, ks: keyspace.New(keyPrefix), cookies: &cookieTap{}}
 	s.vs = fakevs.New(fakevs.Options{Email: vsEmail, Password: vsPassword, Delay: 25 * time.Millisecond})
+	s.vs.SetImages(fakevs.ImageBehaviour{Delay: 300 * time.Millisecond})
 	vsUp := httptest.NewServer(s.cookies.wrap(s.vs))
 	t.Cleanup(vsUp.Close)
 	s.anth = fakeanthropic.New()
@@ -182,7 +185,9 @@ func newSetup(t *testing.T) *setup {
 	env := []string{
 		"REDIS_URL=" + srv.URL, "REDIS_KEY_PREFIX=" + keyPrefix, "JWT_SECRET=" + jwtSecret, "ENCRYPTION_KEY=" + encryptionKey,
 		"ADMIN_PASSWORD=" + adminPassword, "VS_EMAIL=" + vsEmail, "VS_PASSWORD=" + vsPassword, "VS_BASE_URL=" + vsUp.URL,
-		"ANTHROPIC_BASE_URL=" + anthUp.URL, "SHUTDOWN_TIMEOUT=30s", "LOG_LEVEL=info",
+		"ANTHROPIC_BASE_URL=" + anthUp.URL, "SHUTDOWN_TIMEOUT=30s", "IMAGE_TIMEOUT=30s",
+		// A job of a killed process is taken over well within IMAGE_TIMEOUT.
+		"WORKER_VISIBILITY_TIMEOUT=3s", "LOG_LEVEL=info",
 		"ACCOUNT_OVERLOAD_PAUSE=1s", "ACCOUNT_ERROR_PAUSE=1s", "ACCOUNT_RATE_LIMIT_DEFAULT=1s", "ACCOUNT_MAX_PAUSE=2s",
 		"ACCOUNT_SYNC_INTERVAL=200ms",
 	}
@@ -359,7 +364,7 @@ func (w *pacedWriter) Flush() {
 
 // check compares what the clients got with what the relay counted, and
 // prints the table.
-func (s *setup) check(results []result, phases []*phase, kills []kill, rollStart, rollEnd time.Time) {
+func (s *setup) check(results []result, phases []*phase, kills []kill, calm, rollEnd time.Time) {
 	t := s.t
 	ctx := context.Background()
 	var report strings.Builder
@@ -400,7 +405,19 @@ func (s *setup) check(results []result, phases []*phase, kills []kill, rollStart
 		}
 		fmt.Fprintf(&report, "%-18s %6d %6d %12d %6d %10d %8d\n", p.name, c.sent, c.ok, c.clean, c.cut, c.noConn, c.unfit)
 	}
+	errKinds := map[string]int{}
+	for _, r := range results {
+		if r.outcome == outError {
+			errKinds[fmt.Sprintf("%s %s %d", r.phase, r.kind, r.status)]++
+		}
+	}
+	var errList []string
+	for k, n := range errKinds {
+		errList = append(errList, fmt.Sprintf("%s ×%d", k, n))
+	}
+	sort.Strings(errList)
 	fmt.Fprintf(&report, "%-18s %6d %6d %12d %6d %10d %8d\n", "total", total.sent, total.ok, total.clean, total.cut, total.noConn, total.unfit)
+	fmt.Fprintf(&report, "clean errors (phase kind status ×n): %s\n", strings.Join(errList, ", "))
 
 	// Every failure is explained: unclean answers never; cuts only on a
 	// replica SIGKILLed while the request was in flight; nothing failed
@@ -422,7 +439,7 @@ func (s *setup) check(results []result, phases []*phase, kills []kill, rollStart
 				fail("request %s (%s, %s, replica %s) was cut without a SIGKILL: %s", r.id, r.kind, r.phase, r.replica, r.detail)
 			}
 		}
-		if r.outcome != outOK && !r.end.Before(rollStart) && !r.start.After(rollEnd) {
+		if r.outcome != outOK && !r.start.Before(calm) && !r.start.After(rollEnd) {
 			rollFailures++
 			fail("request %s (%s, replica %s) was in flight during the rolling restart and failed: %s: %s",
 				r.id, r.kind, r.replica, r.outcome, r.detail)
@@ -541,6 +558,59 @@ func (s *setup) check(results []result, phases []*phase, kills []kill, rollStart
 		fail("clients got %d tokens in complete answers, but the fakes served only %d", okTokens, served)
 	}
 
+	// Image jobs: none pending or dead after the load; no prompt generated
+	// twice at once, nor twice at all where no process or upstream failed.
+	imgStream := s.ks.Stream("images")
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		groups, err := s.rdb.XInfoGroups(ctx, imgStream).Result()
+		if err == nil && len(groups) > 0 && groups[0].Pending == 0 && groups[0].Lag == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("image jobs still pending 60s after the load: %+v %v", groups, err)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	imgDead, _ := s.rdb.XLen(ctx, s.ks.DeadLetter("images")).Result()
+	starts := map[string]int{}
+	for _, ir := range s.vs.ImageRequests() {
+		starts[ir.Content]++
+	}
+	imgSent, imgOK, rerun, rerunCalm := 0, 0, 0, 0
+	for _, r := range results {
+		if r.kind != image {
+			continue
+		}
+		imgSent++
+		if r.outcome == outOK {
+			imgOK++
+			for id := range byRequest[r.id] {
+				if events[id].Images != 1 {
+					fail("image request %s: usage event counts %d images", r.id, events[id].Images)
+				}
+			}
+		}
+		n := 0
+		for content, c := range starts {
+			if strings.Contains(content, imagePrompt(r.id, r.phase)) {
+				n += c
+			}
+		}
+		if n > 1 {
+			rerun++
+			if r.phase == "steady" || r.phase == "after" {
+				rerunCalm++
+				fail("image request %s (%s) was generated %d times with no fault to explain it", r.id, r.phase, n)
+			}
+		}
+	}
+	ist := s.vs.ImageStats()
+	if ist.MaxSamePrompt > 1 {
+		fail("one image prompt was generating %d times at once", ist.MaxSamePrompt)
+	}
+
 	// Leases: after the load none is held, except those of requests that
 	// were in flight on a SIGKILLed process (they expire on their own).
 	leftover, unexplained := 0, 0
@@ -602,7 +672,11 @@ func (s *setup) check(results []result, phases []*phase, kills []kill, rollStart
 	row("per-key /admin usage totals equal to distinct events", "%d of %d keys", perKeyOK, len(phases))
 	row("usage events in the stream / distinct / dead-lettered", "%d / %d / %d", len(entries), len(events), dead)
 	row("leases still held / not explained by a SIGKILL", "%d / %d", leftover, unexplained)
-	row("image jobs", "not exercised: the relay binary serves no images yet")
+	row("image requests sent / answered with an image", "%d / %d", imgSent, imgOK)
+	row("image generations started / finished (fake)", "%d / %d", ist.Started, ist.Finished)
+	row("image jobs pending after the load / dead-lettered", "%d / %d", 0, imgDead)
+	row("image prompts generated more than once (in calm phases)", "%d (%d)", rerun, rerunCalm)
+	row("most generations of one prompt at the same time", "%d", ist.MaxSamePrompt)
 	row("panics or data races in logs", "%d", panics)
 	row("secrets in logs (of "+fmt.Sprint(len(secrets))+" scanned)", "%d", leaks)
 	fmt.Println(report.String())

@@ -25,9 +25,10 @@ const (
 	openAIStream kind = "openai-stream"
 	claudePlain  kind = "claude"
 	claudeStream kind = "claude-stream"
+	image        kind = "image"
 )
 
-var kinds = []kind{openAIPlain, openAIStream, claudePlain, claudeStream}
+var kinds = []kind{openAIPlain, openAIStream, claudePlain, claudeStream, image}
 
 // outcome is what the client got.
 type outcome string
@@ -124,6 +125,9 @@ func (g *loadGen) one(k kind) (r result) {
 		path = "/v1/chat/completions"
 		body = fmt.Sprintf(`{"model":"gpt-4o","stream":%t,"stream_options":%s,"messages":[{"role":"user","content":"request %d"}]}`,
 			stream, map[bool]string{true: `{"include_usage":true}`, false: "null"}[stream], seq)
+	case image:
+		path = "/v1/images/generations"
+		body = fmt.Sprintf(`{"model":"dall-e-3","prompt":"%s","n":1,"response_format":"url"}`, imagePrompt(r.id, phase))
 	default:
 		path = "/api/v1/messages"
 		body = fmt.Sprintf(`{"model":"claude-sonnet-4-5","max_tokens":256,"stream":%t,"messages":[{"role":"user","content":"request %d"}]}`, stream, seq)
@@ -176,6 +180,8 @@ func (g *loadGen) one(k kind) (r result) {
 		r.outcome, r.detail, r.tokens = readOpenAIStream(resp.Body)
 	case claudeStream:
 		r.outcome, r.detail, r.tokens = readClaudeStream(resp.Body)
+	case image:
+		r.outcome, r.detail = readImages(resp.Body)
 	}
 	return r
 }
@@ -371,4 +377,24 @@ func readClaudeStream(body io.Reader) (outcome, string, tokens) {
 		return outCut, "stream ended without message_stop", u.tokens()
 	}
 	return outOK, "", u.tokens()
+}
+
+// imagePrompt is the prompt of an image request: unique, naming its phase.
+func imagePrompt(id, phase string) string { return "a lighthouse for " + id + " in phase " + phase }
+
+func readImages(body io.Reader) (outcome, string) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return outCut, err.Error()
+	}
+	var m struct {
+		Created int64 `json:"created"`
+		Data    []struct {
+			URL string `json:"url"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil || m.Created == 0 || len(m.Data) != 1 || m.Data[0].URL == "" {
+		return outUnfit, fmt.Sprintf("not one image URL: %q", b)
+	}
+	return outOK, ""
 }
