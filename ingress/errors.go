@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 )
 
 // Error is a client-facing error. Handlers return it (or a plain error, which
@@ -175,5 +177,31 @@ func fromFiber(fe *fiber.Error) *Error {
 	if fe.Code >= 500 {
 		msg = http.StatusText(fe.Code)
 	}
+	if strings.HasPrefix(msg, "error when reading request") {
+		// fasthttp's parse errors quote the raw request ("Buffer size=…,
+		// contents: …"), Authorization header and all: never send that back.
+		msg = "The request could not be read: its request line or headers are malformed " +
+			"(for example a control character in a header value)."
+	}
 	return &Error{Status: fe.Code, Code: strings.ToLower(strings.ReplaceAll(http.StatusText(fe.Code), " ", "_")), Message: msg}
+}
+
+// knownMethods answers a request whose method Fiber does not know (e.g.
+// BREW) with a 405 in the called API's error format; Fiber itself answers
+// those with a plain-text 400 that no client SDK can read.
+func knownMethods(next fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		m := ctx.Method()
+		for _, known := range fiber.DefaultMethods {
+			if string(m) == known {
+				next(ctx)
+				return
+			}
+		}
+		e := &Error{Status: fiber.StatusMethodNotAllowed, Code: "method_not_allowed", Message: "The relay does not know that HTTP method."}
+		body, _ := json.Marshal(dialectFor(string(ctx.Path())).body(e))
+		ctx.Response.Header.SetContentType(fiber.MIMEApplicationJSON)
+		ctx.SetStatusCode(e.Status)
+		ctx.SetBody(body)
+	}
 }

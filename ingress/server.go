@@ -141,6 +141,7 @@ func New(d Deps) *Server {
 		ProxyHeader:             proxyHeader(d.Config.TrustedProxies),
 		EnableIPValidation:      true,
 	})
+	s.app.Server().Handler = knownMethods(s.app.Server().Handler)
 	s.routes()
 	return s
 }
