@@ -170,7 +170,7 @@ func (m *model) check(t *testing.T, rdb *redis.Client, prefix string) {
 		if !ok {
 			want = -1 // no expiry
 		}
-		if got != want {
+		if got != want && !(testredis.Embedded() && want > 0 && got >= want-time.Second && got <= want) {
 			t.Errorf("%s expires at %v, want %v", k, got, want)
 		}
 		return true

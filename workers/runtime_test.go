@@ -834,7 +834,7 @@ func TestWaitsForRedisAndSurvivesItsRestart(t *testing.T) {
 	srv.Stop()
 
 	got := make(chan string, 10)
-	cfg := s.config("c", zerolog.Nop())
+	cfg := s.config("c", testLog(t))
 	cfg.Handler = func(ctx context.Context, e Entry) error { got <- e.Values["n"]; return nil }
 	p := startPool(t, rdb, cfg) // Redis is down: the pool starts and waits
 

@@ -90,9 +90,14 @@ func (st *usageStack) settled(t *testing.T, ks keyspace.Keyspace) {
 	t.Helper()
 	ctx := context.Background()
 	deadline := time.Now().Add(30 * time.Second)
+	stream := ks.Stream(usage.StreamName)
 	for {
-		groups, err := st.rdb.XInfoGroups(ctx, ks.Stream(usage.StreamName)).Result()
-		done := err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0
+		// Settled: the group has read up to the last entry, and holds none
+		// unacknowledged.
+		groups, err := st.rdb.XInfoGroups(ctx, stream).Result()
+		last, lerr := st.rdb.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+		done := err == nil && lerr == nil && len(groups) == 1 && groups[0].Pending == 0 &&
+			(len(last) == 0 || groups[0].LastDeliveredID == last[0].ID)
 		if done {
 			return
 		}

@@ -6,6 +6,8 @@
 // own, so tests never see each other's keys. Only where no redis-server
 // binary exists, and RELAY_TEST_REQUIRE_REDIS is unset, does it fall back to
 // the embedded miniredis; CI sets that variable, so CI always runs on Redis.
+// RELAY_TEST_MINIREDIS=1 forces that fallback, to see what a machine without
+// redis-server would.
 //
 // Tests that restart or stop Redis start a Server of their own.
 package testredis
@@ -56,7 +58,7 @@ func run(m *testing.M) (int, error) {
 		shared, sharedKind = opt.Addr, "REDIS_TEST_URL"
 		return m.Run(), nil
 	}
-	if _, err := exec.LookPath("redis-server"); err != nil {
+	if _, err := lookRedisServer(); err != nil {
 		if os.Getenv("RELAY_TEST_REQUIRE_REDIS") != "" {
 			return 0, fmt.Errorf("RELAY_TEST_REQUIRE_REDIS is set but no redis-server is on PATH")
 		}
@@ -175,11 +177,11 @@ type Server struct {
 // RELAY_TEST_REQUIRE_REDIS is set (as in CI), which fails the test.
 func StartServer(t testing.TB, persist bool) *Server {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
+	if _, err := lookRedisServer(); err != nil {
 		if os.Getenv("RELAY_TEST_REQUIRE_REDIS") != "" {
 			t.Fatalf("testredis: RELAY_TEST_REQUIRE_REDIS is set but no redis-server is on PATH: %v", err)
 		}
-		return startMini(t)
+		return startMini(t, persist)
 	}
 	s, err := startServer(t.TempDir(), 0, persist)
 	if err != nil {
@@ -189,14 +191,23 @@ func StartServer(t testing.TB, persist bool) *Server {
 	return s
 }
 
-func startMini(t testing.TB) *Server {
+// lookRedisServer finds redis-server; RELAY_TEST_MINIREDIS=1 pretends there
+// is none, to run the tests as a machine without it would.
+func lookRedisServer() (string, error) {
+	if os.Getenv("RELAY_TEST_MINIREDIS") != "" {
+		return "", fmt.Errorf("RELAY_TEST_MINIREDIS is set")
+	}
+	return exec.LookPath("redis-server")
+}
+
+func startMini(t testing.TB, persist bool) *Server {
 	m := miniredis.NewMiniRedis()
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Addr: m.Addr(), URL: "redis://" + m.Addr() + "/0", mini: m, miniStop: make(chan struct{})}
+	s := &Server{Addr: m.Addr(), URL: "redis://" + m.Addr() + "/0", persist: persist, mini: m, miniStop: make(chan struct{})}
 	go fastForward(m, s.miniStop)
-	t.Cleanup(func() { close(s.miniStop); m.Close() })
+	t.Cleanup(func() { close(s.miniStop); s.mini.Close() })
 	return s
 }
 
@@ -224,7 +235,19 @@ func (s *Server) Stop() {
 // Start starts a stopped server again on the same port.
 func (s *Server) Start() error {
 	if s.mini != nil {
-		return s.mini.Restart()
+		if s.persist {
+			return s.mini.Restart() // keeps its data
+		}
+		// A Redis without persistence comes back empty: a new server on the
+		// same address.
+		m := miniredis.NewMiniRedis()
+		if err := m.StartAddr(s.Addr); err != nil {
+			return err
+		}
+		close(s.miniStop)
+		s.mini, s.miniStop = m, make(chan struct{})
+		go fastForward(m, s.miniStop)
+		return nil
 	}
 	if s.cmd != nil {
 		return nil
@@ -318,3 +341,8 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Embedded reports whether the package's Redis is the miniredis fallback,
+// for the few checks it cannot answer like Redis does (INFO fields; exact
+// expiry times, which its simulated clock rounds to the second).
+func Embedded() bool { return sharedKind == "miniredis" }
