@@ -397,39 +397,24 @@ func (s *Server) pumpClaude(ctx context.Context, cancel context.CancelFunc, st *
 		}
 		s.recordUsage(ev)
 	}
-	stop := make(chan struct{})
+	stopWatch := st.CancelOnGone(cancel) // the client left: stop the upstream request
 	defer func() {
 		if r := recover(); r != nil {
 			call.log.Error().Interface("panic", r).Msg("claude stream writer panicked")
 			record("relay_panic")
 		}
-		close(stop)
+		stopWatch()
 		resp.Body.Close()
 		cancel()
 		st.End()
 		adm.Release()
 	}()
-	go func() {
-		select {
-		case <-st.Gone():
-			cancel() // the client left: stop the upstream request
-		case <-stop:
-		}
-	}()
 
-	gone := func() bool {
-		select {
-		case <-st.Gone():
-			return true
-		default:
-			return false
-		}
-	}
 	for {
 		e, err := er.Next()
 		if err != nil {
 			switch {
-			case gone():
+			case st.Left():
 				record("client_gone")
 			case errors.Is(err, io.EOF) && (er.Stopped() || errType(er) != ""):
 				record(streamClass(er))

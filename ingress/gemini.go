@@ -540,33 +540,18 @@ func (s *Server) pumpGemini(ctx context.Context, cancel context.CancelFunc, st *
 		}
 		return append([]byte(sep), conv.body(data)...)
 	}
-	stop := make(chan struct{})
+	stopWatch := st.CancelOnGone(cancel) // the client left: stop the upstream request
 	defer func() {
 		if r := recover(); r != nil {
 			gc.log.Error().Interface("panic", r).Msg("gemini stream writer panicked")
 			record("relay_panic")
 		}
-		close(stop)
+		stopWatch()
 		resp.Body.Close()
 		cancel()
 		st.End()
 		adm.Release()
 	}()
-	go func() {
-		select {
-		case <-st.Gone():
-			cancel() // the client left: stop the upstream request
-		case <-stop:
-		}
-	}()
-	gone := func() bool {
-		select {
-		case <-st.Gone():
-			return true
-		default:
-			return false
-		}
-	}
 	closeArray := func() {
 		if !gc.sse {
 			if sent == 0 {
@@ -580,7 +565,7 @@ func (s *Server) pumpGemini(ctx context.Context, cancel context.CancelFunc, st *
 		e, err := er.Next()
 		if err != nil {
 			switch {
-			case gone():
+			case st.Left():
 				record("client_gone")
 			case errors.Is(err, io.EOF) && er.Finished():
 				record("")

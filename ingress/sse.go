@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"context"
 	"io"
 	"sync"
 	"time"
@@ -82,6 +83,30 @@ func (st *eventStream) End() {
 // Gone is closed when the response is over: written in full, or cut off
 // because a write to the client failed.
 func (st *eventStream) Gone() <-chan struct{} { return st.gone }
+
+// Left reports whether the client has gone (or the response is complete).
+func (st *eventStream) Left() bool {
+	select {
+	case <-st.gone:
+		return true
+	default:
+		return false
+	}
+}
+
+// CancelOnGone cancels the pump's upstream request as soon as the client
+// leaves, until the returned stop is called (when the pump ends).
+func (st *eventStream) CancelOnGone(cancel context.CancelFunc) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-st.gone:
+			cancel()
+		case <-done:
+		}
+	}()
+	return func() { close(done) }
+}
 
 // FirstByte returns when the first frame was handed to the writer; zero if
 // none was.

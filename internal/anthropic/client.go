@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
-	"net/url"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/relaydev/relay/internal/outbound"
 )
 
 // OAuthBeta is the anthropic-beta value the Messages API requires with an
@@ -31,57 +30,21 @@ type Target struct {
 // pooled per proxy. It is safe for concurrent use.
 type Client struct {
 	baseURL string
-	timeout time.Duration
-
-	mu         sync.Mutex
-	transports map[string]*http.Transport // by proxy URL; "" is direct
+	conns   *outbound.Pool
 }
 
 // NewClient makes a client whose default upstream is baseURL. timeout bounds
 // the wait for response headers (a stream's body may run longer; the caller
 // bounds it with its context).
 func NewClient(baseURL string, timeout time.Duration) *Client {
-	return &Client{baseURL: strings.TrimRight(baseURL, "/"), timeout: timeout, transports: map[string]*http.Transport{}}
+	return &Client{baseURL: strings.TrimRight(baseURL, "/"), conns: outbound.NewPool(timeout)}
 }
 
 // BaseURL is the client's default upstream.
 func (c *Client) BaseURL() string { return c.baseURL }
 
 // Close drops idle upstream connections.
-func (c *Client) Close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, t := range c.transports {
-		t.CloseIdleConnections()
-	}
-}
-
-func (c *Client) transport(proxy string) (*http.Transport, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t := c.transports[proxy]; t != nil {
-		return t, nil
-	}
-	t := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          4096,
-		MaxIdleConnsPerHost:   2048, // one upstream host carries every request: keep connections, don't churn them
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: c.timeout,
-	}
-	if proxy != "" {
-		u, err := url.Parse(proxy)
-		if err != nil {
-			return nil, fmt.Errorf("account proxy: %w", err)
-		}
-		t.Proxy = http.ProxyURL(u)
-	}
-	c.transports[proxy] = t
-	return t, nil
-}
+func (c *Client) Close() { c.conns.Close() }
 
 // forwarded lists the client headers that go upstream; everything else
 // (the client's own credentials, hop-by-hop and proxy headers, cookies,
@@ -133,7 +96,7 @@ func (c *Client) Send(ctx context.Context, t Target, method, path, rawQuery stri
 	case t.APIKey != "":
 		req.Header.Set("x-api-key", t.APIKey)
 	}
-	tr, err := c.transport(t.Proxy)
+	tr, err := c.conns.Transport(t.Proxy)
 	if err != nil {
 		return nil, err
 	}

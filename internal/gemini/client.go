@@ -11,12 +11,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
-	"net/url"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/relaydev/relay/internal/outbound"
 )
 
 // Default upstream base URLs.
@@ -40,10 +39,7 @@ func (t Target) CodeAssist() bool { return t.APIKey == "" && t.BearerToken != ""
 // proxy. It is safe for concurrent use.
 type Client struct {
 	baseURL, codeAssistURL string
-	timeout                time.Duration
-
-	mu         sync.Mutex
-	transports map[string]*http.Transport
+	conns                  *outbound.Pool
 }
 
 // NewClient makes a client. baseURL is the default native API upstream,
@@ -57,44 +53,11 @@ func NewClient(baseURL, codeAssistURL string, timeout time.Duration) *Client {
 		codeAssistURL = DefaultCodeAssistBaseURL
 	}
 	return &Client{baseURL: strings.TrimRight(baseURL, "/"), codeAssistURL: strings.TrimRight(codeAssistURL, "/"),
-		timeout: timeout, transports: map[string]*http.Transport{}}
+		conns: outbound.NewPool(timeout)}
 }
 
 // Close drops idle upstream connections.
-func (c *Client) Close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, t := range c.transports {
-		t.CloseIdleConnections()
-	}
-}
-
-func (c *Client) transport(proxy string) (*http.Transport, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t := c.transports[proxy]; t != nil {
-		return t, nil
-	}
-	t := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          4096,
-		MaxIdleConnsPerHost:   2048, // one upstream host carries every request: keep connections, don't churn them
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: c.timeout,
-	}
-	if proxy != "" {
-		u, err := url.Parse(proxy)
-		if err != nil {
-			return nil, fmt.Errorf("account proxy: %w", err)
-		}
-		t.Proxy = http.ProxyURL(u)
-	}
-	c.transports[proxy] = t
-	return t, nil
-}
+func (c *Client) Close() { c.conns.Close() }
 
 // Send sends one request to the target with its credential: path is the
 // upstream path ("/v1beta/models/gemini-2.5-flash:generateContent",
@@ -138,7 +101,7 @@ func (c *Client) Send(ctx context.Context, t Target, method, path, rawQuery stri
 	case t.BearerToken != "":
 		req.Header.Set("Authorization", "Bearer "+t.BearerToken)
 	}
-	tr, err := c.transport(t.Proxy)
+	tr, err := c.conns.Transport(t.Proxy)
 	if err != nil {
 		return nil, err
 	}
