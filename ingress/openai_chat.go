@@ -37,8 +37,11 @@ type VerticalStudio struct {
 }
 
 // ChatArchiver queues the throw-away upstream chats for archiving
-// (workers.ArchiveQueue).
+// (workers.ArchiveQueue): Opened records a chat as soon as it exists, so
+// it is archived even if this process dies mid-request; Enqueue queues the
+// request's chats when it is over.
 type ChatArchiver interface {
+	Opened(ctx context.Context, corner, chatID string) error
 	Enqueue(ctx context.Context, corner string, chatIDs ...string) error
 }
 
@@ -243,7 +246,7 @@ func (s *Server) handleChatCompletions(c *fiber.Ctx) error {
 	var first partResult
 	var stop func()
 	for try := 0; ; try++ {
-		st, err := s.vs.Caller.Open(ctx, upReq, func(id string) { call.chats = append(call.chats, id) })
+		st, err := s.vs.Caller.Open(ctx, upReq, call.opened(ctx))
 		if err != nil {
 			return call.fail(err)
 		}
@@ -425,6 +428,20 @@ func (call *chatCall) finishRequest(status int, errClass string, firstByte time.
 	call.cancel()
 	call.adm.Release()
 	call.archive()
+}
+
+// opened records each chat the upstream call creates: in the call, and as
+// open in Redis, so it is archived even if this process dies mid-request.
+func (call *chatCall) opened(ctx context.Context) func(chatID string) {
+	return func(id string) {
+		call.chats = append(call.chats, id)
+		if call.s.vs.Archive == nil {
+			return
+		}
+		if err := call.s.vs.Archive.Opened(ctx, vs.CornerText, id); err != nil {
+			call.log.Warn().Err(err).Str("chat", id).Msg("could not record the open chat; it is archived when the request ends")
+		}
+	}
 }
 
 func (call *chatCall) archive() {

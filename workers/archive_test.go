@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/relaydev/relay/internal/fakevs"
 	"github.com/relaydev/relay/internal/keyspace"
@@ -74,5 +75,53 @@ func TestArchiveQueueAndHandler(t *testing.T) {
 	// An entry without a chat id is a permanent failure.
 	if err := h(context.Background(), workers.Entry{ID: "z", Values: map[string]string{}}); !errors.Is(err, workers.ErrPermanent) {
 		t.Fatalf("entry without chat: %v", err)
+	}
+}
+
+// A chat is recorded as open when it is created. Ending its request moves it
+// to the archive stream; a chat whose process died stays open until the
+// sweeper queues it, once, however many replicas sweep.
+func TestArchiveQueueOpenChatsAndOrphanSweep(t *testing.T) {
+	env := testredis.New(t)
+	ks := keyspace.New(env.Prefix)
+	q := workers.NewArchiveQueue(env.Client, ks)
+	ctx := context.Background()
+
+	for _, id := range []string{"cm-finished", "cm-orphan"} {
+		if err := q.Opened(ctx, vs.CornerText, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.Enqueue(ctx, vs.CornerText, "cm-finished"); err != nil {
+		t.Fatal(err)
+	}
+	open, _ := env.Client.ZRange(ctx, ks.OpenChats(), 0, -1).Result()
+	if len(open) != 1 || open[0] != "text:cm-orphan" {
+		t.Fatalf("open chats %v, want only the orphan", open)
+	}
+
+	// Young chats are left alone: their request may still be running.
+	if n, err := q.SweepOrphans(ctx, time.Hour); err != nil || n != 0 {
+		t.Fatalf("sweep of young chats moved %d (%v)", n, err)
+	}
+	if n, err := q.SweepOrphans(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("sweep moved %d (%v), want the orphan", n, err)
+	}
+	if n, _ := q.SweepOrphans(ctx, 0); n != 0 {
+		t.Fatalf("a second sweep moved %d: an orphan would be archived twice", n)
+	}
+	jobs, err := env.Client.XRange(ctx, ks.Stream(workers.ArchiveStream), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chats []string
+	for _, j := range jobs {
+		chats = append(chats, j.Values["corner"].(string)+":"+j.Values["chat"].(string))
+	}
+	if len(chats) != 2 || chats[0] != "text:cm-finished" || chats[1] != "text:cm-orphan" {
+		t.Fatalf("archive jobs %v", chats)
+	}
+	if n, _ := env.Client.ZCard(ctx, ks.OpenChats()).Result(); n != 0 {
+		t.Fatalf("%d chats still open", n)
 	}
 }

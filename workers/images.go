@@ -570,7 +570,14 @@ func (w *ImageWorker) push(ctx context.Context, job imageJob, payload []byte) er
 func (w *ImageWorker) generate(ctx context.Context, job imageJob) (ImageResult, error) {
 	var chats []string
 	defer func() { w.archiveChats(chats) }()
-	st, err := w.caller.Open(ctx, imageChatRequest(job), func(id string) { chats = append(chats, id) })
+	st, err := w.caller.Open(ctx, imageChatRequest(job), func(id string) {
+		chats = append(chats, id)
+		if w.archive != nil {
+			// Recorded at once, so a crash before the job ends still gets
+			// the chat archived (by the orphan sweeper).
+			_ = w.archive.Opened(ctx, vs.CornerImage, id)
+		}
+	})
 	if err != nil {
 		return ImageResult{}, err
 	}

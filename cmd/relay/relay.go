@@ -109,7 +109,7 @@ func assemble(ctx context.Context, cfg config.Config, log zerolog.Logger) (*rela
 		if err != nil {
 			return nil, err
 		}
-		r.services = append(r.services, v.session, v.archive)
+		r.services = append(r.services, v.session, v.archive, v.sweeper)
 		vsDeps, health = v.deps, append(health, v.health)
 		imgs, err := assembleImages(cfg, conn.Client, ks, v, m, log)
 		if err != nil {

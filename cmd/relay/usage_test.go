@@ -193,6 +193,12 @@ func TestUsageAggregatesMatchUpstream(t *testing.T) {
 	check("global/total", ks.UsageTotal(usage.DimGlobal, usage.GlobalID), total)
 	check("key/total", ks.UsageTotal(usage.DimKey, st.keyID), total)
 
+	// Every chat was queued for archiving when its request ended: none is
+	// left for the orphan sweeper.
+	if n, err := st.rdb.ZCard(context.Background(), ks.OpenChats()).Result(); err != nil || n != 0 {
+		t.Errorf("%d chats left open after their requests ended (%v)", n, err)
+	}
+
 	// The admin read API and the key's own view read the same numbers.
 	var summary struct {
 		Totals usage.Totals `json:"totals"`

@@ -21,6 +21,7 @@ import (
 type verticalStudio struct {
 	session *session.VS
 	archive *workers.Pool
+	sweeper *workers.ArchiveSweeper
 	deps    *ingress.VerticalStudio
 	health  ingress.HealthCheck
 }
@@ -47,13 +48,15 @@ func assembleVS(cfg config.Config, rdb redis.UniversalClient, ks keyspace.Keyspa
 	if err != nil {
 		return nil, fmt.Errorf("archive pool: %w", err)
 	}
+	queue := workers.NewArchiveQueue(rdb, ks)
 	return &verticalStudio{
 		session: sess,
 		archive: pool,
+		sweeper: &workers.ArchiveSweeper{Queue: queue, Log: log.With().Str("component", "archive-sweeper").Logger()},
 		deps: &ingress.VerticalStudio{
 			Caller:       &vs.Caller{Client: client, Creds: sess},
 			Models:       models,
-			Archive:      workers.NewArchiveQueue(rdb, ks),
+			Archive:      queue,
 			MaxBodyBytes: cfg.VS.MaxBodyBytes,
 			HistoryChars: cfg.VS.HistoryChars,
 		},
