@@ -130,7 +130,7 @@ func (s *Server) handleMessages(c *fiber.Ctx) error {
 	pick, resp, reply, err := s.sendClaude(ctx, call)
 	if err != nil || reply != nil {
 		cancel()
-		return s.claudeFailed(c, ev, start, reply, err)
+		return s.upstreamFailed(c, ev, start, reply, err)
 	}
 	ev.AccountID = pick.Account.ID
 	if !req.Stream {
@@ -145,9 +145,10 @@ func (s *Server) handleMessages(c *fiber.Ctx) error {
 	return nil
 }
 
-// claudeFailed answers a request that got no upstream success: the last
-// upstream error as the upstream sent it, or why no account could serve.
-func (s *Server) claudeFailed(c *fiber.Ctx, ev usage.Event, start time.Time, reply *upstreamReply, err error) error {
+// upstreamFailed answers a Claude or Gemini request that got no upstream
+// success: the last upstream error as the upstream sent it, or why no
+// account could serve. Either way the request's usage event is recorded.
+func (s *Server) upstreamFailed(c *fiber.Ctx, ev usage.Event, start time.Time, reply *upstreamReply, err error) error {
 	ev.LatencyMs = time.Since(start).Milliseconds()
 	if reply != nil {
 		ev.Status, ev.ErrorClass = reply.status, reply.class
@@ -158,13 +159,14 @@ func (s *Server) claudeFailed(c *fiber.Ctx, ev usage.Event, start time.Time, rep
 		c.Set(fiber.HeaderContentType, reply.contentType)
 		return c.Status(reply.status).Send(reply.body)
 	}
-	e := s.claudeError(err)
+	e := s.accountError(err)
 	ev.Status, ev.ErrorClass = e.Status, e.Code
 	s.recordUsage(ev)
 	return e
 }
 
-func (s *Server) claudeError(err error) *Error {
+// accountError turns a failure to reach any account into a client error.
+func (s *Server) accountError(err error) *Error {
 	var na *accounts.NoAccountError
 	var e *Error
 	switch {
@@ -179,7 +181,7 @@ func (s *Server) claudeError(err error) *Error {
 	case errors.Is(err, context.DeadlineExceeded):
 		return Errorf(http.StatusGatewayTimeout, "upstream_timeout", "The upstream did not answer in time.")
 	}
-	s.log.Error().Err(err).Msg("claude request failed")
+	s.log.Error().Err(err).Msg("upstream request failed")
 	return Errorf(http.StatusBadGateway, "upstream_error", "The relay could not reach the upstream.")
 }
 
@@ -499,7 +501,7 @@ func (s *Server) handleCountTokens(c *fiber.Ctx) error {
 	// usage event (counting it as a request would inflate request counts).
 	_, resp, reply, err := s.sendClaude(ctx, call)
 	if err != nil {
-		return s.claudeError(err)
+		return s.accountError(err)
 	}
 	if reply != nil {
 		c.Set(fiber.HeaderContentType, reply.contentType)

@@ -233,7 +233,7 @@ func (s *Server) geminiModelCall(c *fiber.Ctx, call gemini.Call, version string)
 	pick, resp, reply, err := s.sendGemini(ctx, gc)
 	if err != nil || reply != nil {
 		cancel()
-		return s.geminiFailed(c, ev, start, reply, err)
+		return s.upstreamFailed(c, ev, start, reply, err)
 	}
 	ev.AccountID = pick.Account.ID
 	conv := geminiConv{upstreamCA: pick.Account.Kind == accounts.KindGeminiOAuth, clientCA: call.CodeAssist}
@@ -266,23 +266,6 @@ func (v geminiConv) body(raw []byte) []byte {
 }
 
 func (v geminiConv) same() bool { return v.upstreamCA == v.clientCA }
-
-func (s *Server) geminiFailed(c *fiber.Ctx, ev usage.Event, start time.Time, reply *upstreamReply, err error) error {
-	ev.LatencyMs = time.Since(start).Milliseconds()
-	if reply != nil {
-		ev.Status, ev.ErrorClass = reply.status, reply.class
-		s.recordUsage(ev)
-		if reply.retryAfter != "" {
-			c.Set(fiber.HeaderRetryAfter, reply.retryAfter)
-		}
-		c.Set(fiber.HeaderContentType, reply.contentType)
-		return c.Status(reply.status).Send(reply.body)
-	}
-	e := s.claudeError(err)
-	ev.Status, ev.ErrorClass = e.Status, e.Code
-	s.recordUsage(ev)
-	return e
-}
 
 // sendGemini sends the call to an account, and to the next one when an
 // account fails before answering. It returns the open response of the
@@ -477,7 +460,7 @@ func (s *Server) geminiCount(c *fiber.Ctx, gc geminiCall) error {
 	defer cancel()
 	_, resp, reply, err := s.sendGemini(ctx, gc)
 	if err != nil {
-		return s.claudeError(err)
+		return s.accountError(err)
 	}
 	if reply != nil {
 		if reply.retryAfter != "" {
