@@ -20,6 +20,7 @@ import (
 	"github.com/relaydev/relay/internal/adminauth"
 	"github.com/relaydev/relay/internal/apikeys"
 	"github.com/relaydev/relay/internal/config"
+	"github.com/relaydev/relay/internal/gemini"
 	"github.com/relaydev/relay/internal/keyspace"
 	"github.com/relaydev/relay/internal/metrics"
 	"github.com/relaydev/relay/internal/testredis"
@@ -179,8 +180,8 @@ func checkError(t *testing.T, path string, got reply, status int, code string) {
 			t.Fatalf("%s: Anthropic error %s; want type %s", path, got.raw, anthropicType(status))
 		}
 	case dialectGoogle:
-		if e["code"] != float64(status) || e["status"] != googleStatus(status) {
-			t.Fatalf("%s: Google error %s; want status %s", path, got.raw, googleStatus(status))
+		if e["code"] != float64(status) || e["status"] != gemini.StatusName(status) {
+			t.Fatalf("%s: Google error %s; want status %s", path, got.raw, gemini.StatusName(status))
 		}
 	}
 	if status == http.StatusTooManyRequests {

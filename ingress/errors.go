@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+
+	"github.com/relaydev/relay/internal/gemini"
 	"github.com/valyala/fasthttp"
 )
 
@@ -58,7 +60,7 @@ func (d dialect) body(e *Error) any {
 	case dialectAnthropic:
 		return fiber.Map{"type": "error", "error": fiber.Map{"type": anthropicType(e.Status), "message": e.Message}}
 	case dialectGoogle:
-		return fiber.Map{"error": fiber.Map{"code": e.Status, "message": e.Message, "status": googleStatus(e.Status)}}
+		return fiber.Map{"error": fiber.Map{"code": e.Status, "message": e.Message, "status": gemini.StatusName(e.Status)}}
 	default:
 		var param, code any
 		if e.Param != "" {
@@ -113,29 +115,6 @@ func anthropicType(status int) string {
 		return "api_error"
 	}
 	return "invalid_request_error"
-}
-
-func googleStatus(status int) string {
-	switch status {
-	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
-		return "INVALID_ARGUMENT"
-	case http.StatusUnauthorized:
-		return "UNAUTHENTICATED"
-	case http.StatusPaymentRequired, http.StatusTooManyRequests:
-		return "RESOURCE_EXHAUSTED"
-	case http.StatusForbidden:
-		return "PERMISSION_DENIED"
-	case http.StatusNotFound:
-		return "NOT_FOUND"
-	case http.StatusServiceUnavailable, 529:
-		return "UNAVAILABLE"
-	case http.StatusGatewayTimeout:
-		return "DEADLINE_EXCEEDED"
-	}
-	if status >= 500 {
-		return "INTERNAL"
-	}
-	return "FAILED_PRECONDITION"
 }
 
 // handleError is Fiber's error handler: every error a handler returns, and
