@@ -37,7 +37,9 @@ type EventReader struct {
 
 // NewEventReader reads events from r.
 func NewEventReader(r io.Reader) *EventReader {
-	return &EventReader{r: bufio.NewReaderSize(r, 32<<10)}
+	// A small buffer: thousands of streams may be open at once, and lines
+	// longer than it are read in pieces anyway.
+	return &EventReader{r: bufio.NewReaderSize(r, 4<<10)}
 }
 
 // Next returns the next event with data. At the end of the body it returns
