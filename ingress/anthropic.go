@@ -345,7 +345,7 @@ func (s *Server) claudeJSON(c *fiber.Ctx, ev usage.Event, start time.Time, call 
 	ev.LatencyMs = time.Since(start).Milliseconds()
 	if err != nil {
 		ev.Status, ev.ErrorClass, ev.Estimated = http.StatusBadGateway, "upstream_read", true
-		ev.InputTokens = int64(len(call.body) / 4)
+		ev.InputTokens = usage.EstimateTokens(int64(len(call.body)))
 		s.recordUsage(ev)
 		return Errorf(http.StatusBadGateway, "upstream_error", "The upstream connection broke before the answer was complete.")
 	}
@@ -387,17 +387,12 @@ func (s *Server) pumpClaude(ctx context.Context, cancel context.CancelFunc, st *
 		fillUsage(&ev, u, call.model)
 		if !u.SeenEnd {
 			ev.Estimated = true
-			ev.OutputTokens = max(ev.OutputTokens, (er.GeneratedBytes()+3)/4)
+			ev.OutputTokens = max(ev.OutputTokens, usage.EstimateTokens(er.GeneratedBytes()))
 			if !u.SeenStart {
-				ev.InputTokens = int64(len(call.body) / 4)
+				ev.InputTokens = usage.EstimateTokens(int64(len(call.body)))
 			}
 		}
-		ev.Status, ev.ErrorClass = http.StatusOK, class
-		ev.LatencyMs = time.Since(start).Milliseconds()
-		if t := st.FirstByte(); !t.IsZero() {
-			ev.TTFBMs = t.Sub(start).Milliseconds()
-		}
-		s.recordUsage(ev)
+		s.recordStreamed(ev, start, st, class)
 	}
 	stopWatch := st.CancelOnGone(cancel) // the client left: stop the upstream request
 	defer func() {

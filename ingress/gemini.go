@@ -436,7 +436,7 @@ func (s *Server) geminiJSON(c *fiber.Ctx, ev usage.Event, start time.Time, gc ge
 	ev.LatencyMs = time.Since(start).Milliseconds()
 	if err != nil {
 		ev.Status, ev.ErrorClass, ev.Estimated = http.StatusBadGateway, "upstream_read", true
-		ev.InputTokens = int64(len(gc.Request) / 4)
+		ev.InputTokens = usage.EstimateTokens(int64(len(gc.Request)))
 		s.recordUsage(ev)
 		return Errorf(http.StatusBadGateway, "upstream_error", "The upstream connection broke before the answer was complete.")
 	}
@@ -444,7 +444,7 @@ func (s *Server) geminiJSON(c *fiber.Ctx, ev usage.Event, start time.Time, gc ge
 		fillGeminiUsage(&ev, u)
 	} else {
 		ev.Estimated = true
-		ev.InputTokens = int64(len(gc.Request) / 4)
+		ev.InputTokens = usage.EstimateTokens(int64(len(gc.Request)))
 	}
 	ev.Status = resp.StatusCode
 	ev.TTFBMs = ev.LatencyMs
@@ -497,17 +497,12 @@ func (s *Server) pumpGemini(ctx context.Context, cancel context.CancelFunc, st *
 		fillGeminiUsage(&ev, u)
 		if !u.Seen || !er.Finished() {
 			ev.Estimated = true
-			ev.OutputTokens = max(ev.OutputTokens, (er.GeneratedBytes()+3)/4)
+			ev.OutputTokens = max(ev.OutputTokens, usage.EstimateTokens(er.GeneratedBytes()))
 			if !u.Seen {
-				ev.InputTokens = int64(len(gc.Request) / 4)
+				ev.InputTokens = usage.EstimateTokens(int64(len(gc.Request)))
 			}
 		}
-		ev.Status, ev.ErrorClass = http.StatusOK, class
-		ev.LatencyMs = time.Since(start).Milliseconds()
-		if t := st.FirstByte(); !t.IsZero() {
-			ev.TTFBMs = t.Sub(start).Milliseconds()
-		}
-		s.recordUsage(ev)
+		s.recordStreamed(ev, start, st, class)
 	}
 	sent := 0
 	frame := func(data []byte, raw []byte) []byte {

@@ -391,7 +391,7 @@ func (call *chatCall) tokens() (in, out int64, estimated bool) {
 	if u := call.upUsage; u != nil {
 		return u.PromptTokens, u.CompletionTokens, false
 	}
-	return int64((len(call.prompt) + 3) / 4), int64((call.text + call.reasoning + 3) / 4), true
+	return usage.EstimateTokens(int64(len(call.prompt))), usage.EstimateTokens(int64(call.text + call.reasoning)), true
 }
 
 func finishReason(upstream string) string {

@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"context"
+	"net/http"
 	"time"
 
 	"github.com/relaydev/relay/usage"
@@ -26,4 +27,16 @@ func (s *Server) recordUsage(ev usage.Event) {
 	if err := s.usage.Record(ctx, ev); err != nil {
 		s.log.Warn().Err(err).Str("event_id", ev.ID).Msg("usage event not yet in redis; kept buffered for retry")
 	}
+}
+
+// recordStreamed records the usage of a streamed answer that ended with
+// class ("" for a complete one): status 200 (sent with the first byte),
+// latency, and the time to the first byte the client got.
+func (s *Server) recordStreamed(ev usage.Event, start time.Time, st *eventStream, class string) {
+	ev.Status, ev.ErrorClass = http.StatusOK, class
+	ev.LatencyMs = time.Since(start).Milliseconds()
+	if t := st.FirstByte(); !t.IsZero() {
+		ev.TTFBMs = t.Sub(start).Milliseconds()
+	}
+	s.recordUsage(ev)
 }

@@ -57,3 +57,7 @@ type Event struct {
 func (e Event) Total() int64 {
 	return e.InputTokens + e.OutputTokens + e.CacheCreateTokens + e.CacheReadTokens
 }
+
+// EstimateTokens estimates the tokens in n bytes of text, for requests whose
+// upstream reported no usage (about four bytes a token, rounded up).
+func EstimateTokens(n int64) int64 { return (n + 3) / 4 }
