@@ -246,6 +246,22 @@ func adminCtx(c *fiber.Ctx) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(c.UserContext(), adminTimeout)
 }
 
+// onKey runs do with the key store, the key id of the route and an admin
+// deadline: what every single-key route needs first.
+func (s *Server) onKey(c *fiber.Ctx, do func(ctx context.Context, st *apikeys.Store, id string) error) error {
+	st, err := s.keyStore()
+	if err != nil {
+		return err
+	}
+	id, err := keyID(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := adminCtx(c)
+	defer cancel()
+	return do(ctx, st, id)
+}
+
 func (s *Server) handleCreateKey(c *fiber.Ctx) error {
 	st, err := s.keyStore()
 	if err != nil {
@@ -313,39 +329,23 @@ func (s *Server) handleListKeys(c *fiber.Ctx) error {
 }
 
 func (s *Server) handleGetKey(c *fiber.Ctx) error {
-	st, err := s.keyStore()
-	if err != nil {
-		return err
-	}
-	id, err := keyID(c)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := adminCtx(c)
-	defer cancel()
-	k, err := st.Get(ctx, id)
-	if err != nil {
-		return s.keyStoreError(c, err)
-	}
-	return c.JSON(fiber.Map{"data": viewKey(k, true)})
+	return s.onKey(c, func(ctx context.Context, st *apikeys.Store, id string) error {
+		k, err := st.Get(ctx, id)
+		if err != nil {
+			return s.keyStoreError(c, err)
+		}
+		return c.JSON(fiber.Map{"data": viewKey(k, true)})
+	})
 }
 
 func (s *Server) updateKey(c *fiber.Ctx, change func(*apikeys.Key) error) error {
-	st, err := s.keyStore()
-	if err != nil {
-		return err
-	}
-	id, err := keyID(c)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := adminCtx(c)
-	defer cancel()
-	k, err := st.Update(ctx, id, change)
-	if err != nil {
-		return s.keyStoreError(c, err)
-	}
-	return c.JSON(fiber.Map{"data": viewKey(k, true)})
+	return s.onKey(c, func(ctx context.Context, st *apikeys.Store, id string) error {
+		k, err := st.Update(ctx, id, change)
+		if err != nil {
+			return s.keyStoreError(c, err)
+		}
+		return c.JSON(fiber.Map{"data": viewKey(k, true)})
+	})
 }
 
 func (s *Server) handleUpdateKey(c *fiber.Ctx) error {
@@ -366,43 +366,27 @@ func (s *Server) handleEnableKey(enabled bool) fiber.Handler {
 }
 
 func (s *Server) handleRegenerateKey(c *fiber.Ctx) error {
-	st, err := s.keyStore()
-	if err != nil {
-		return err
-	}
-	id, err := keyID(c)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := adminCtx(c)
-	defer cancel()
-	raw, k, err := st.Regenerate(ctx, id)
-	if err != nil {
-		return s.keyStoreError(c, err)
-	}
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.JSON(fiber.Map{
-		"key":  raw,
-		"note": "This is the only time the new key is shown; the old one no longer works.",
-		"data": viewKey(k, true),
+	return s.onKey(c, func(ctx context.Context, st *apikeys.Store, id string) error {
+		raw, k, err := st.Regenerate(ctx, id)
+		if err != nil {
+			return s.keyStoreError(c, err)
+		}
+		c.Set(fiber.HeaderCacheControl, "no-store")
+		return c.JSON(fiber.Map{
+			"key":  raw,
+			"note": "This is the only time the new key is shown; the old one no longer works.",
+			"data": viewKey(k, true),
+		})
 	})
 }
 
 func (s *Server) handleDeleteKey(c *fiber.Ctx) error {
-	st, err := s.keyStore()
-	if err != nil {
-		return err
-	}
-	id, err := keyID(c)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := adminCtx(c)
-	defer cancel()
-	if err := st.Delete(ctx, id); err != nil {
-		return s.keyStoreError(c, err)
-	}
-	return c.JSON(fiber.Map{"deleted": true, "id": id})
+	return s.onKey(c, func(ctx context.Context, st *apikeys.Store, id string) error {
+		if err := st.Delete(ctx, id); err != nil {
+			return s.keyStoreError(c, err)
+		}
+		return c.JSON(fiber.Map{"deleted": true, "id": id})
+	})
 }
 
 // countersView is a key's counters as the admin API and key-info show them.
@@ -432,23 +416,15 @@ func viewCounters(c apikeys.Counters) countersView {
 }
 
 func (s *Server) handleKeyUsage(c *fiber.Ctx) error {
-	st, err := s.keyStore()
-	if err != nil {
-		return err
-	}
-	id, err := keyID(c)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := adminCtx(c)
-	defer cancel()
-	k, err := st.Get(ctx, id)
-	if err != nil {
-		return s.keyStoreError(c, err)
-	}
-	cs, err := st.Counters(ctx, k)
-	if err != nil {
-		return s.keyStoreError(c, err)
-	}
-	return c.JSON(fiber.Map{"key_id": k.ID, "limits": viewKey(k, false).Limits, "usage": viewCounters(cs)})
+	return s.onKey(c, func(ctx context.Context, st *apikeys.Store, id string) error {
+		k, err := st.Get(ctx, id)
+		if err != nil {
+			return s.keyStoreError(c, err)
+		}
+		cs, err := st.Counters(ctx, k)
+		if err != nil {
+			return s.keyStoreError(c, err)
+		}
+		return c.JSON(fiber.Map{"key_id": k.ID, "limits": viewKey(k, false).Limits, "usage": viewCounters(cs)})
+	})
 }
